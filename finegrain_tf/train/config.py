@@ -166,7 +166,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
 def merge_dict(cfg: Any, updates: dict, source: str, prefix: str = "") -> Any:
     """Applies a nested dict onto dataclass `cfg` in place; unknown keys and wrong types raise."""
     if not isinstance(updates, dict):
-        raise ValueError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {updates!r}")
+        raise ValueError(f"{source}: '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {updates!r}")
     types = _field_types(type(cfg))
     for key, value in updates.items():
         path = f"{prefix}{key}"

@@ -1,0 +1,53 @@
+"""The evaluation report printed at the end of training: top-1, top-5, balanced accuracy."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def predict_logits(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 0):
+    """Runs `model` over a dataset of (images, labels) batches; returns (logits, labels) arrays."""
+    logits, labels = [], []
+    for i, (images, batch_labels) in enumerate(dataset):
+        if max_batches and i >= max_batches:
+            break
+        logits.append(np.asarray(model(images, training=False), dtype=np.float32))
+        labels.append(np.asarray(batch_labels, dtype=np.int64))
+    if not logits:
+        raise ValueError("the evaluation split is empty")
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[1])
+    topk = np.argsort(-logits, axis=1)[:, :k]
+    return float(np.mean(np.any(topk == labels[:, None], axis=1)))
+
+
+def evaluate(model, dataset, train_class_counts, max_batches: int = 0) -> dict:
+    logits, labels = predict_logits(model, dataset, max_batches)
+    num_classes = logits.shape[1]
+    predictions = logits.argmax(axis=1)
+    per_class = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        mask = labels == c
+        if mask.any():
+            per_class[c] = np.mean(predictions[mask] == c)
+    return {
+        "num_examples": int(len(labels)),
+        "top1": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5),
+        "balanced_accuracy": float(np.nanmean(per_class)),
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'metric':<24}{'value':>10}"]
+    for key, value in report.items():
+        if isinstance(value, float):
+            lines.append(f"{key:<24}{value:>10.4f}")
+        elif isinstance(value, int):
+            lines.append(f"{key:<24}{value:>10d}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Training policy as small pure functions: learning-rate schedule, optimizer, weight-decay set.
+
+The seeds train with SGD-momentum + step decay + warm-up (ch.3, ch.5) and with RMSProp (decay 0.9,
+momentum 0.9) + exponential decay 0.94 (ch.4); both are expressible here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from finegrain_tf.train.config import OptimizerConfig
+
+
+@keras.saving.register_keras_serializable(package="finegrain_tf")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up over `warmup_steps`, then constant / step / exponential / cosine decay.
+
+    step:        lr * decay_rate ** floor(t / decay_steps)
+    exponential: lr * decay_rate ** (t / decay_steps)   (staircase-free, as in ch.4's 0.94 decay)
+    cosine:      lr * 0.5 * (1 + cos(pi * t / total_steps))
+    where t counts steps after warm-up.
+    """
+
+    def __init__(self, learning_rate, schedule="constant", warmup_steps=0, decay_steps=1000,
+                 decay_rate=0.1, total_steps=1):
+        self.learning_rate = float(learning_rate)
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+        self.decay_steps = int(decay_steps)
+        self.decay_rate = float(decay_rate)
+        self.total_steps = int(total_steps)
+        if schedule not in ("constant", "step", "exponential", "cosine"):
+            raise ValueError(f"unknown schedule {schedule!r}")
+        if self.decay_steps <= 0:
+            raise ValueError(f"decay_steps must be > 0, got {decay_steps!r}")
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        t = tf.maximum(step - self.warmup_steps, 0.0)
+        base = tf.constant(self.learning_rate, tf.float32)
+        if self.schedule == "step":
+            lr = base * self.decay_rate ** tf.floor(t / self.decay_steps)
+        elif self.schedule == "exponential":
+            lr = base * self.decay_rate ** (t / self.decay_steps)
+        elif self.schedule == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            lr = base * 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(t / span, 1.0)))
+        else:
+            lr = base
+        if self.warmup_steps > 0:
+            lr = lr * tf.minimum((step + 1.0) / self.warmup_steps, 1.0)
+        return lr
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "schedule": self.schedule,
+                "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "total_steps": self.total_steps}
+
+
+def build_schedule(cfg: OptimizerConfig, total_steps: int) -> WarmupDecay:
+    return WarmupDecay(cfg.learning_rate, cfg.schedule, cfg.warmup_steps, cfg.decay_steps,
+                       cfg.decay_rate, total_steps)
+
+
+def build_optimizer(cfg: OptimizerConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    """The optimizer of `cfg`; weight decay is decoupled (Keras' `weight_decay` argument)."""
+    common = {"learning_rate": build_schedule(cfg, total_steps),
+              "weight_decay": cfg.weight_decay or None}
+    if cfg.clip_value > 0:
+        common["clipvalue"] = cfg.clip_value
+    if cfg.name == "sgd":
+        return keras.optimizers.SGD(momentum=cfg.momentum, nesterov=False, **common)
+    if cfg.name == "rmsprop":
+        return keras.optimizers.RMSprop(rho=cfg.rho, momentum=cfg.momentum, epsilon=cfg.epsilon,
+                                        **common)
+    if cfg.name == "adam":
+        return keras.optimizers.Adam(epsilon=cfg.epsilon, **common)
+    if cfg.name == "adamw":
+        common["weight_decay"] = cfg.weight_decay
+        return keras.optimizers.AdamW(epsilon=cfg.epsilon, **common)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def _walk_layers(layer):
+    yield layer
+    for child in getattr(layer, "layers", ()):
+        yield from _walk_layers(child)
+
+
+def no_decay_variables(model: keras.Model, decay_bias: bool = False,
+                       decay_batchnorm: bool = False) -> list:
+    """The trainable variables weight decay must skip: biases and/or batch-norm gamma/beta.
+
+    §5.4.2 of seed 000: with sigmoid / focal losses the last layer's prior bias must not be pulled
+    towards 0 by weight decay.
+    """
+    skip = []
+    for layer in _walk_layers(model):
+        if not decay_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
+            skip += [v for v in (layer.gamma, layer.beta) if v is not None and v.trainable]
+        bias = getattr(layer, "bias", None)
+        if not decay_bias and isinstance(bias, keras.Variable) and bias.trainable:
+            skip.append(bias)
+    return skip
