@@ -1,0 +1,100 @@
+"""Export: signatures, assets, warmup, session-loader verification against the in-memory model."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving_utils import CLASS_NAMES, IMAGE_SIZE, MODEL_NAME, RESIZE_SIZE, TOP_K, random_images
+
+
+def test_layout_assets_and_signatures(exported):
+    export_dir, base, _ = exported
+    assert export_dir == os.path.join(base, MODEL_NAME, "1")
+    assert not [d for d in os.listdir(os.path.join(base, MODEL_NAME)) if d.startswith(".tmp")]
+    info = json.load(open(os.path.join(export_dir, "assets", "export_info.json")))
+    assert info["image_size"] == IMAGE_SIZE and info["resize_size"] == RESIZE_SIZE
+    assert info["top_k"] == TOP_K and info["gallery_size"] == 6
+    assert info["tensorflow_version"] == tf.__version__
+    names = open(os.path.join(export_dir, "assets", "class_names.txt")).read().splitlines()
+    assert names == CLASS_NAMES
+    gallery_ids = open(os.path.join(export_dir, "assets", "gallery_ids.txt")).read().splitlines()
+    assert len(gallery_ids) == 6 and "acadian_flycatcher/broken.jpg" not in gallery_ids
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir)
+        sigs = meta.signature_def
+        assert {"serving_default", "classify", "classify_tensor", "classify_tensor_uint8", "embed",
+                "lookup"} <= set(sigs)
+        assert sigs["classify"].inputs["images"].dtype == tf.string.as_datatype_enum
+        assert set(sigs["classify"].outputs) == {"classes", "class_names", "scores"}
+        assert set(sigs["lookup"].outputs) == {"ids", "distances"}
+        assert sigs["classify_tensor_uint8"].inputs["images"].dtype == tf.uint8.as_datatype_enum
+        # class names and export info are registered SavedModel assets
+        assert {a.filename for a in meta.asset_file_def} >= {"class_names.txt", "export_info.json"}
+
+
+def test_verify_export_matches_in_memory(exported):
+    from finegrain_tf.serving import export
+
+    export_dir, _, model = exported
+    report = export.verify_export(export_dir, model, images=random_images(4, fmt="mixed"))
+    assert set(report) >= {"classify", "classify_tensor", "embed", "lookup"}
+    assert max(report.values()) < 1e-4
+
+
+def test_verify_export_detects_a_different_model(exported):
+    from serving_utils import build_tiny_model
+    from finegrain_tf.serving import export
+
+    export_dir, _, _ = exported
+    with pytest.raises(export.ExportVerificationError):
+        export.verify_export(export_dir, build_tiny_model(seed=5))
+
+
+def test_session_loader_outputs_equal_reference(exported):
+    """Independent float64 reference: top-k softmax and exact nearest neighbours."""
+    from finegrain_tf.serving import export
+    from finegrain_tf.serving.servable import SessionServable
+
+    export_dir, _, model = exported
+    images = random_images(3, seed=3)
+    servable = SessionServable(export_dir)
+    try:
+        out = servable.run("serving_default", {"images": np.array(images, dtype=object)})
+        emb = servable.run("embed", {"images": np.array(images, dtype=object)})["embeddings"]
+        look = servable.run("lookup", {"images": np.array(images, dtype=object)})
+    finally:
+        servable.close()
+    pixels = np.stack([export.preprocess_bytes(tf.constant(b), IMAGE_SIZE, RESIZE_SIZE).numpy() for b in images])
+    logits = model(pixels).numpy().astype(np.float64)
+    for i in range(len(images)):
+        p = np.exp(logits[i] - logits[i].max())
+        p /= p.sum()
+        order = sorted(range(len(p)), key=lambda j: -p[j])[:TOP_K]
+        assert list(out["classes"][i]) == order
+        np.testing.assert_allclose(out["scores"][i], p[order], atol=1e-5)
+        assert [n.decode() for n in out["class_names"][i]] == [CLASS_NAMES[j] for j in order]
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    g_emb, g_ids = export.read_gallery(export_dir)
+    for i in range(len(images)):
+        d = [float(np.sum((emb[i].astype(np.float64) - g_emb[j]) ** 2)) for j in range(len(g_ids))]
+        order = sorted(range(len(d)), key=lambda j: d[j])[:TOP_K]
+        assert [x.decode() for x in look["ids"][i]] == [g_ids[j] for j in order]
+        np.testing.assert_allclose(look["distances"][i], [d[j] for j in order], atol=1e-5)
+
+
+def test_warmup_file_has_one_predictionlog_per_signature(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    export_dir, _, _ = exported
+    path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.compat.v1.io.tf_record_iterator(path)]
+    names = [log.predict_log.request.model_spec.signature_name for log in logs]
+    info = json.load(open(os.path.join(export_dir, "assets", "export_info.json")))
+    assert sorted(names) == sorted(info["signatures"])
+    for log in logs:
+        req = log.predict_log.request
+        assert req.model_spec.name == MODEL_NAME
+        assert tf.make_ndarray(req.inputs["images"]).shape[0] == 1
