@@ -1,0 +1,400 @@
+"""Tests of kernel pooling (seed 000 ch.3) against naive float64 numpy loops."""
+
+import math
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from finegrain_tf.layers import kernel_pooling as kp  # noqa: E402
+from finegrain_tf.layers.kernel_pooling import (BilinearPooling, CompactBilinearPooling,  # noqa: E402
+                                                KernelPooling, estimate_gamma)
+
+
+# ------------------------------------------------------------------------------------------------
+# Naive float64 references (explicit loops)
+
+
+def ref_count_sketch(x, h, s, d):
+    """eq 3.8: c_j = sum_{i: h(i) = j} s(i) x_i."""
+    out = np.zeros(d)
+    for i in range(len(x)):
+        out[h[i]] += s[i] * x[i]
+    return out
+
+
+def ref_circular_convolution(a, b):
+    d = len(a)
+    out = np.zeros(d)
+    for n in range(d):
+        for m in range(d):
+            out[n] += a[m] * b[(n - m) % d]
+    return out
+
+
+def ref_tensor_sketch(x, h, s, d):
+    """TS_k(x) = C_1(x) * C_2(x) * ... * C_k(x) (circular convolutions, eq 3.9)."""
+    out = ref_count_sketch(x, h[0], s[0], d)
+    for t in range(1, len(h)):
+        out = ref_circular_convolution(out, ref_count_sketch(x, h[t], s[t], d))
+    return out
+
+
+def ref_phi(x, layer, alphas):
+    """phi(x) = [a0, a1 x, a2 TS_2(x), ..., ap TS_p(x)] (Algorithm 1 / eq 3.7) for one vector."""
+    hashes = layer.sketch_hashes()
+    parts = [np.array([alphas[0]]), alphas[1] * np.asarray(x, np.float64)]
+    for k in range(2, layer.order + 1):
+        h, s, d = hashes[k]
+        parts.append(alphas[k] * ref_tensor_sketch(x, h, s, d))
+    return np.concatenate(parts)
+
+
+def ref_ssqrt_l2(y):
+    y = np.sign(y) * np.sqrt(np.abs(y))
+    return y / np.sqrt(np.sum(y * y, -1, keepdims=True))
+
+
+def ref_kernel_pooling(maps, layer, alphas, normalize):
+    """Average of phi over all locations of each [H, W, C] map, then optional ssqrt + L2."""
+    maps = np.asarray(maps, np.float64)
+    out = []
+    for m in maps:
+        vecs = m.reshape(-1, m.shape[-1])
+        out.append(np.mean([ref_phi(v, layer, alphas) for v in vecs], 0))
+    out = np.array(out)
+    return ref_ssqrt_l2(out) if normalize else out
+
+
+RNG = np.random.RandomState(1234)
+X_MAPS = RNG.uniform(0.1, 1.0, size=(2, 2, 3, 6)).astype(np.float32)
+
+
+def _close(a, b, tol=1e-5):
+    np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exactness for known hashes
+
+
+@pytest.mark.parametrize("dims", [8, [5, 7, 5]])
+def test_phi_equals_explicit_circular_convolutions(dims):
+    alphas = [0.7, 1.1, -0.6, 0.9]
+    layer = KernelPooling(order=3 if isinstance(dims, int) else 4, dims=dims,
+                          coefficients=alphas + ([0.4] if not isinstance(dims, int) else []),
+                          normalize=False, seed=5)
+    x = RNG.randn(3, 6).astype(np.float32)
+    y = layer(x).numpy()
+    coeffs = layer.coefficient_values()
+    expected = np.array([ref_phi(v, layer, coeffs) for v in x])
+    assert y.shape == (3, 1 + 6 + (16 if isinstance(dims, int) else 17))
+    _close(y, expected)
+
+
+def test_groups_share_running_product_and_have_independent_hashes():
+    layer = KernelPooling(order=4, dims=[5, 7, 5], coefficients="rbf", gamma=1.0, seed=0)
+    layer.build((None, 6))
+    hashes = layer.sketch_hashes()
+    # orders 2 and 4 share dimension 5: TS_4 reuses C_1, C_2 of TS_2 (Algorithm 1's running product)
+    np.testing.assert_array_equal(hashes[2][0], hashes[4][0][:2])
+    assert hashes[3][2] == 7 and hashes[4][0].shape == (4, 6)
+    assert hashes[2][0].min() >= 0 and hashes[2][0].max() < 5 and hashes[3][0].max() < 7
+    assert set(np.unique(hashes[4][1])) == {-1.0, 1.0}
+    h = hashes[4][0]
+    assert not all(np.array_equal(h[0], h[t]) for t in range(1, 4))
+
+
+def test_location_average_and_normalisation_match_reference():
+    layer = KernelPooling(order=3, dims=8, coefficients="learned", gamma=0.8, seed=2)
+    y = layer(X_MAPS).numpy()
+    coeffs = layer.coefficient_values()
+    np.testing.assert_allclose(coeffs, kp.rbf_coefficients(0.8, 3), rtol=1e-6)
+    _close(y, ref_kernel_pooling(X_MAPS, layer, coeffs, normalize=True))
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), 1.0, rtol=1e-5)
+    raw = KernelPooling(order=3, dims=8, coefficients="learned", gamma=0.8, seed=2,
+                        normalize=False)(X_MAPS).numpy()
+    _close(raw, ref_kernel_pooling(X_MAPS, layer, coeffs, normalize=False))
+
+
+def test_inner_product_equals_weighted_sum_of_sketch_inner_products():
+    alphas = [0.5, 0.8, 1.3, 0.6, 0.9]
+    layer = KernelPooling(order=4, dims=[6, 9, 11], coefficients=alphas, normalize=False, seed=7)
+    x, y = RNG.randn(2, 6)
+    px, py = layer(np.stack([x, y]).astype(np.float32)).numpy()
+    h = layer.sketch_hashes()
+    expected = alphas[0] ** 2 + alphas[1] ** 2 * float(x @ y)
+    for k in range(2, 5):
+        expected += alphas[k] ** 2 * float(ref_tensor_sketch(x, *h[k]) @ ref_tensor_sketch(y, *h[k]))
+    assert float(px @ py) == pytest.approx(expected, rel=1e-5)
+
+
+def test_count_sketch_methods_agree():
+    drawn = kp.draw_count_sketch_hashes(3, 6, [5, 8], [2, 3])
+    hashes, signs = [h for h, _ in drawn], [s for _, s in drawn]
+    x = RNG.randn(4, 6).astype(np.float32)
+    outs = {m: kp.count_sketch(x, hashes, signs, [5, 8], m) for m in ("sparse", "segment_sum", "dense")}
+    for g, (h, s) in enumerate(drawn):
+        expected = np.array([[ref_count_sketch(v, h[t], s[t], [5, 8][g]) for t in range(len(h))]
+                             for v in x])
+        for m, out in outs.items():
+            _close(out[g].numpy(), expected)
+
+
+def test_hashes_deterministic_in_seed():
+    a = kp.draw_count_sketch_hashes(11, 10, [16], [3])[0]
+    b = kp.draw_count_sketch_hashes(11, 10, [16], [3])[0]
+    c = kp.draw_count_sketch_hashes(12, 10, [16], [3])[0]
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Unbiasedness over many seeds (eq 3.9 / 3.10)
+
+
+def test_tensor_sketch_unbiased_over_seeds():
+    c, d, seeds = 6, 8, 400
+    x = np.array([0.9, -0.3, 0.5, 0.2, -0.7, 0.4])
+    y = np.array([0.6, 0.1, 0.8, -0.4, -0.2, 0.3])
+    xy = np.stack([x, y]).astype(np.float32)[:, None, :]
+
+    @tf.function
+    def inner(h, s):
+        ts2, ts3 = kp.pooled_tensor_sketches(xy, [h], [s], [d], [[2, 3]])
+        return tf.reduce_sum(ts2[0] * ts2[1]), tf.reduce_sum(ts3[0] * ts3[1])
+
+    vals = []
+    for seed in range(seeds):
+        ((h, s),) = kp.draw_count_sketch_hashes(seed, c, [d], [3])
+        vals.append([float(v) for v in inner(tf.constant(h), tf.constant(s))])
+    vals = np.array(vals)
+    for k, col in ((2, 0), (3, 1)):
+        target = float(x @ y) ** k
+        mean, std = vals[:, col].mean(), vals[:, col].std(ddof=1)
+        assert std > 0
+        assert abs(mean - target) < 4.0 * std / math.sqrt(seeds), (k, mean, target, std)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shapes, validation, coefficients, gamma
+
+
+def test_output_shapes_and_validation():
+    layer = KernelPooling(order=4, dims=[16, 8, 4])
+    assert layer.compute_output_shape((None, 7, 7, 32)) == (None, 1 + 32 + 28)
+    assert layer(np.ones((2, 3, 3, 32), np.float32)).shape == (2, 61)
+    assert KernelPooling(order=1, dims=[])(np.ones((2, 5), np.float32)).shape == (2, 6)
+    assert CompactBilinearPooling(dim=12).compute_output_shape((None, 4, 4, 8)) == (None, 12)
+    assert BilinearPooling().compute_output_shape((None, 4, 4, 8)) == (None, 64)
+    for bad in (dict(order=0), dict(dims=[4, 4]), dict(dims=0), dict(coefficients="poly"),
+                dict(coefficients=[1.0, 2.0]), dict(gamma=-1.0), dict(seed=-1), dict(normalize=1)):
+        with pytest.raises(ValueError, match="must"):
+            KernelPooling(**{"order": 4, **bad})
+    with pytest.raises(ValueError, match="dim"):
+        CompactBilinearPooling(dim=0)
+    with pytest.raises(ValueError, match="channel"):
+        KernelPooling(order=2, dims=4).build((None, 3, None))
+
+
+def test_rbf_coefficients_closed_form():
+    g = 0.35
+    a = kp.rbf_coefficients(g, 4)
+    expected = [math.exp(-2 * g) * (2 * g) ** i / math.factorial(i) for i in range(5)]
+    np.testing.assert_allclose(a ** 2, expected, rtol=1e-12)
+    # Taylor kernel -> RBF for L2-normalised x, y as p grows (eq 3.11)
+    x, y = RNG.randn(2, 5)
+    x, y = x / np.linalg.norm(x), y / np.linalg.norm(y)
+    taylor = sum(v * (x @ y) ** i for i, v in enumerate(kp.rbf_coefficients(g, 12) ** 2))
+    assert taylor == pytest.approx(math.exp(-g * np.sum((x - y) ** 2)), rel=1e-10)
+
+
+def test_estimate_gamma_matches_pair_loop_and_adapt():
+    feats = np.abs(RNG.randn(2, 3, 2, 5))
+    vecs = feats.reshape(-1, 5)
+    pairs = [vecs[i] @ vecs[j] for i in range(len(vecs)) for j in range(len(vecs)) if i != j]
+    assert estimate_gamma(feats) == pytest.approx(1.0 / np.mean(pairs), rel=1e-12)
+    with pytest.raises(ValueError, match="mean inner product"):
+        estimate_gamma(np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    with pytest.raises(ValueError, match="at least 2"):
+        estimate_gamma(np.ones((1, 3)))
+    for coeffs in ("learned", "rbf"):
+        layer = KernelPooling(order=3, dims=8, coefficients=coeffs)
+        layer.build((None, 2, 2, 5))
+        np.testing.assert_allclose(layer.coefficient_values(), kp.rbf_coefficients(1.0, 3), rtol=1e-6)
+        batches = tf.data.Dataset.from_tensor_slices(feats.astype(np.float32)).batch(1)
+        gamma = layer.adapt(batches)
+        assert gamma == pytest.approx(1.0 / np.mean(pairs), rel=1e-6)
+        assert layer.effective_gamma() == pytest.approx(gamma, rel=1e-6)
+        np.testing.assert_allclose(layer.coefficient_values(), kp.rbf_coefficients(gamma, 3),
+                                   rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Baselines
+
+
+def test_compact_bilinear_is_tensor_sketch_of_order_two():
+    layer = CompactBilinearPooling(dim=10, normalize=False, seed=4)
+    y = layer(X_MAPS).numpy()
+    h, s, d = layer.sketch_hashes()[2]
+    expected = np.array([np.mean([ref_tensor_sketch(v, h, s, d) for v in m.reshape(-1, 6)], 0)
+                         for m in X_MAPS.astype(np.float64)])
+    _close(y, expected)
+    yn = CompactBilinearPooling(dim=10, seed=4)(X_MAPS).numpy()
+    _close(yn, ref_ssqrt_l2(expected))
+
+
+def test_bilinear_pooling_matches_outer_products():
+    y = BilinearPooling()(X_MAPS).numpy()
+    expected = []
+    for m in X_MAPS.astype(np.float64):
+        vecs = m.reshape(-1, 6)
+        expected.append(np.mean([np.outer(v, v).reshape(-1) for v in vecs], 0))
+    _close(y, ref_ssqrt_l2(np.array(expected)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients
+
+
+def test_gradients_match_finite_differences_of_reference():
+    layer = KernelPooling(order=3, dims=[5, 7], coefficients="learned", gamma=0.6, seed=9)
+    maps = RNG.uniform(0.2, 1.0, size=(1, 2, 1, 4)).astype(np.float32)
+    weights = RNG.randn(1, 1 + 4 + 12)
+    x = tf.constant(maps)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x) * weights)
+    gx, galpha = tape.gradient(loss, [x, layer.alpha])
+    assert np.all(np.isfinite(gx.numpy())) and np.all(np.isfinite(galpha.numpy()))
+    alphas = layer.coefficient_values()
+
+    def f(m, a):
+        return float(np.sum(ref_kernel_pooling(m, layer, a, normalize=True) * weights))
+
+    eps = 1e-6
+    num_x = np.zeros(maps.shape)
+    base = maps.astype(np.float64)
+    for idx in np.ndindex(maps.shape):
+        plus, minus = base.copy(), base.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        num_x[idx] = (f(plus, alphas) - f(minus, alphas)) / (2 * eps)
+    num_a = np.zeros(len(alphas))
+    for i in range(len(alphas)):
+        plus, minus = alphas.copy(), alphas.copy()
+        plus[i] += eps
+        minus[i] -= eps
+        num_a[i] = (f(base, plus) - f(base, minus)) / (2 * eps)
+    np.testing.assert_allclose(gx.numpy(), num_x, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(galpha.numpy(), num_a, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer_fn", [lambda: CompactBilinearPooling(dim=8),
+                                      lambda: BilinearPooling()])
+def test_baseline_gradients_finite(layer_fn):
+    x = tf.constant(X_MAPS)
+    layer = layer_fn()
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x) ** 3)
+    g = tape.gradient(loss, x).numpy()
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Serialisation, export, mixed precision
+
+
+LAYERS = {
+    "kernel": lambda: KernelPooling(order=3, dims=[8, 6], coefficients="learned", gamma=0.7, seed=3,
+                                    name="kp"),
+    "kernel_rbf": lambda: KernelPooling(order=2, dims=8, coefficients="rbf", seed=1, name="kp"),
+    "compact": lambda: CompactBilinearPooling(dim=8, seed=2, name="kp"),
+    "bilinear": lambda: BilinearPooling(name="kp"),
+}
+
+
+def _model(kind):
+    inputs = keras.Input((2, 3, 6))
+    return keras.Model(inputs, LAYERS[kind]()(inputs))
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_get_config_round_trip(kind):
+    layer = LAYERS[kind]()
+    clone = layer.__class__.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    _close(clone(X_MAPS).numpy(), layer(X_MAPS).numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("kind", ["kernel", "kernel_rbf", "compact"])
+def test_keras_file_round_trip_keeps_hashes_and_gamma(kind, tmp_path):
+    model = _model(kind)
+    layer = model.get_layer("kp")
+    if kind == "kernel_rbf":
+        layer.set_gamma(0.3)  # as after adapt(): stored in the "gamma" weight, not in the config
+    if kind == "kernel":
+        layer.alpha.assign(layer.alpha.numpy() * np.array([1.0, 2.0, 0.5, 3.0], np.float32))
+    # Overwrite the hashes: reload must restore the stored ones, not redraw them from the seed.
+    for w in layer.weights:
+        if w.name.startswith("hash"):
+            w.assign((w.numpy() + 1) % (w.numpy().max() + 1))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded(X_MAPS).numpy(), model(X_MAPS).numpy())
+    for a, b in zip(model.get_layer("kp").weights, loaded.get_layer("kp").weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_saved_model_loads_in_tf1_session_loader(tmp_path):
+    inputs = keras.Input((2, 3, 6))
+    pooled = keras.layers.Concatenate()([LAYERS["kernel"]()(inputs),
+                                         CompactBilinearPooling(dim=8, name="cbp")(inputs),
+                                         BilinearPooling(name="bp")(inputs)])
+    model = keras.Model(inputs, pooled)
+    expected = model(X_MAPS).numpy()
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", model.call,
+                         input_signature=[tf.TensorSpec([None, 2, 3, 6], tf.float32)])
+    path = str(tmp_path / "sm")
+    archive.write_out(path)
+    reloaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(reloaded.serving_default(tf.constant(X_MAPS)).numpy(), expected,
+                               rtol=1e-6, atol=1e-7)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        sig = meta.signature_def["serving_default"]
+        (inp,) = sig.inputs.values()
+        (out,) = sig.outputs.values()
+        got = sess.run(out.name, feed_dict={inp.name: X_MAPS})
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy):
+    reference = {k: LAYERS[k]()(X_MAPS).numpy() for k in ("kernel", "compact", "bilinear")}
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        for kind, expected in reference.items():
+            layer = LAYERS[kind]()
+            x = tf.constant(X_MAPS, dtype=policy.split("_")[1])
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+            assert y.dtype == policy.split("_")[1]
+            assert all(w.dtype in ("int32", "float32") for w in layer.weights)
+            tol = 1e-2 if policy == "mixed_bfloat16" else 2e-3
+            np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), expected, rtol=tol, atol=tol)
+            assert np.all(np.isfinite(tf.cast(tape.gradient(loss, x), tf.float32).numpy()))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
