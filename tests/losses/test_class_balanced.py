@@ -292,3 +292,54 @@ def test_mixed_precision_pass(batch):
         assert all(np.all(np.isfinite(g.numpy())) for g in grads)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# ------------------------------------------------------------------------------------------------
+# §5.4.2 training support: prior bias + weight-decay exclusion
+
+
+def test_prior_bias_initializer_and_sigmoid_start():
+    from finegrain_tf.models.initializers import PriorBias
+    init = PriorBias(num_classes=100)
+    b = keras.ops.convert_to_numpy(init((100,)))
+    np.testing.assert_allclose(b, -math.log(99.0), rtol=1e-6)
+    np.testing.assert_allclose(1 / (1 + np.exp(-b)), 0.01, rtol=1e-5)  # sigmoid(b) = pi = 1/C
+    assert PriorBias(prior=0.25).value == pytest.approx(-math.log(3.0))
+    restored = keras.initializers.deserialize(keras.initializers.serialize(init))
+    assert isinstance(restored, PriorBias) and restored.get_config() == init.get_config()
+    with pytest.raises(ValueError, match="1"):
+        PriorBias(num_classes=1)
+    with pytest.raises(ValueError, match="1.5"):
+        PriorBias(prior=1.5)
+    # With the prior bias the initial CB sigmoid loss is far below the b = 0 one (seed's motivation).
+    labels, zeros = np.array([0, 1]), np.zeros((2, 100), np.float32)
+    counts = [10] * 100
+    start_prior = ClassBalancedLoss(counts, 0.9, "sigmoid")(labels, zeros + b)
+    start_zero = ClassBalancedLoss(counts, 0.9, "sigmoid")(labels, zeros)
+    assert float(start_prior) < float(start_zero) / 10
+
+
+def test_decay_variables_excludes_bias_and_batchnorm(tmp_path):
+    from finegrain_tf.models.initializers import PriorBias, configure_weight_decay, decay_variables
+    inner = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 3, name="conv"),
+                              keras.layers.BatchNormalization(name="bn")], name="backbone")
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.GlobalAveragePooling2D()(inner(inputs))
+    logits = keras.layers.Dense(5, bias_initializer=PriorBias(5), name="logits")(x)
+    model = keras.Model(inputs, logits)
+    names = lambda vs: sorted(v.path for v in vs)  # noqa: E731
+    assert names(decay_variables(model)) == ["backbone/conv/kernel", "logits/kernel"]
+    assert names(decay_variables(model, decay_bias=True)) == ["backbone/conv/bias", "backbone/conv/kernel",
+                                                              "logits/bias", "logits/kernel"]
+    assert len(decay_variables(model, True, True)) == len(model.trainable_variables) == 6
+    # Keras decoupled weight decay leaves the excluded variables alone.
+    opt = configure_weight_decay(keras.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5), model)
+    bias_before = model.get_layer("logits").bias.numpy().copy()
+    kernel_before = model.get_layer("logits").kernel.numpy().copy()
+    opt.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    np.testing.assert_array_equal(model.get_layer("logits").bias.numpy(), bias_before)
+    np.testing.assert_allclose(model.get_layer("logits").kernel.numpy(), kernel_before * (1 - 0.1 * 0.5), rtol=1e-6)
+    path = os.path.join(tmp_path, "prior.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).get_layer("logits").bias.numpy(), -math.log(4.0),
+                               rtol=1e-6)
