@@ -36,8 +36,15 @@ class RequestError(Exception):
         self.message = message
 
 
-def _dtype_name(dtype_enum: int) -> str:
-    return tf.dtypes.as_dtype(dtype_enum).name
+def _op_error_message(error: tf.errors.OpError) -> str:
+    """The informative line of a session error (drops 'Graph execution error:' and node traces)."""
+    lines = [l.strip() for l in str(error.message or "").splitlines()]
+    lines = [l for l in lines if l and not l.startswith("[[") and l != "Graph execution error:"
+             and not l.startswith("Detected at node")]
+    text = lines[0] if lines else type(error).__name__
+    if "decode" in str(error.message).lower() and "image" not in text.lower():
+        text = f"could not decode image: {text}"
+    return text
 
 
 def _as_array(value) -> np.ndarray:
@@ -153,9 +160,8 @@ class SessionServable:
         try:
             return self.session.run(fetches, feed)
         except tf.errors.OpError as e:
-            first = str(e.message).strip().splitlines()[0] if e.message else type(e).__name__
             code = _CODE_NAMES.get(e.error_code, "INTERNAL")
-            raise RequestError(code, f"signature {signature_name!r}: {first}") from None
+            raise RequestError(code, f"signature {signature_name!r}: {_op_error_message(e)}") from None
 
     # ------------------------------------------------------------------------------------------
     def warmup_requests(self):
