@@ -1,0 +1,310 @@
+"""Triplet losses for deep metric learning (Cui, ch.2, eq 2.1) and the shared mining helpers.
+
+Eq 2.1 (seed 000, §2.3.1):   L(x, x_p, x_n) = max{0, ||f(x) - f(x_p)||^2 - ||f(x) - f(x_n)||^2 + m}.
+
+`TripletLoss` mines the triplets inside a batch of (labels [B], embeddings [B, D]):
+
+- ``mining="violating"``: mean of eq 2.1 over the valid triplets whose loss is > 0 (the seed's online
+  scheme of §2.3.2: train only on triplets that violate the constraint, not on the hardest ones).
+- ``mining="all"``: mean of eq 2.1 over all valid triplets (a != p, y_a == y_p, y_n != y_a).
+- ``mining="semi_hard"``: tensorflow-addons' ``TripletSemiHardLoss``. For every positive pair (a, p) the
+  negative is the closest negative with D_an > D_ap; if there is none, the farthest negative of a. The
+  loss is sum over positive pairs of max(m + D_ap - D_an*, 0) divided by the number of positive pairs.
+- ``mining="hard"``: tensorflow-addons' ``TripletHardLoss`` (soft=False): per anchor the farthest positive
+  and the closest negative, max(D_ap* - D_an* + m, 0), mean over all anchors (an anchor without a
+  positive uses the smallest distance of its row, as tfa does).
+
+Distances (``distance``): ``"squared_l2"`` (tfa ``"L_2"``, which is squared), ``"l2"`` (Euclidean, with a
+zero-safe square root so the gradient stays finite for coincident embeddings) and ``"cosine"``
+(1 - cos, tfa ``"angular"``).
+
+Deviation from tfa, by design: a batch without any valid triplet (no positive pair, or one class only)
+gives 0 and zero gradients (tfa returns NaN for the former and m + mean D_ap for the latter).
+
+No mode builds a B x B x B tensor: "all"/"violating" count triplets with one sort per row and
+`tf.searchsorted`, semi_hard picks its negative by a binary search in the row's sorted negatives, so
+mining is O(B^2 log B) time and O(B^2) memory.
+
+`TripletMarginLoss` is eq 2.1 on explicitly sampled triplets (y_pred [B, 3, D] = anchor, positive,
+negative), the loss used with the quasi-online sampler of `finegrain_tf.sampling`.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+MININGS = ("violating", "all", "semi_hard", "hard")
+DISTANCES = ("squared_l2", "l2", "cosine")
+
+
+# --------------------------------------------------------------------------------------------------
+# Distances and masks
+
+
+def _check(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+def safe_sqrt(x: tf.Tensor) -> tf.Tensor:
+    """sqrt(x) for x >= 0 with value 0 and gradient 0 at x == 0 (no inf/NaN in the backward pass)."""
+    positive = x > 0.0
+    return tf.where(positive, tf.sqrt(tf.where(positive, x, tf.ones_like(x))), tf.zeros_like(x))
+
+
+def pairwise_distances(embeddings: tf.Tensor, distance: str = "squared_l2") -> tf.Tensor:
+    """[B, D] -> [B, B] distance matrix, computed like tfa's `pairwise_distance` / `angular_distance`.
+
+    squared_l2: ||a||^2 + ||b||^2 - 2 a.b clipped at 0, zero diagonal; l2: its zero-safe square root;
+    cosine: 1 - cos(a, b) (clipped at 0, zero diagonal).
+    """
+    _check("distance", distance, DISTANCES)
+    x = tf.cast(embeddings, tf.float32)
+    n = tf.shape(x)[0]
+    if distance == "cosine":
+        x = tf.math.l2_normalize(x, axis=1)
+        d = tf.maximum(1.0 - tf.matmul(x, x, transpose_b=True), 0.0)
+    else:
+        sq = tf.reduce_sum(tf.square(x), axis=1)
+        d = sq[:, None] + sq[None, :] - 2.0 * tf.matmul(x, x, transpose_b=True)
+        d = tf.maximum(d, 0.0)
+        if distance == "l2":
+            d = safe_sqrt(d)
+    return d * (1.0 - tf.eye(n, dtype=d.dtype))
+
+
+def triplet_masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Boolean [B, B] masks: positives (same label, i != j) and negatives (different label)."""
+    labels = tf.reshape(labels, [-1])
+    same = tf.equal(labels[:, None], labels[None, :])
+    not_self = tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool))
+    return tf.logical_and(same, not_self), tf.logical_not(same)
+
+
+def _as_int_labels(labels) -> tf.Tensor:
+    labels = tf.convert_to_tensor(labels)
+    if labels.dtype.is_floating:
+        labels = tf.round(labels)
+    return tf.reshape(tf.cast(labels, tf.int64), [-1])
+
+
+def _masked_max(d, mask, fallback):
+    """Row max over `mask`; `fallback` [B] for rows without a masked entry."""
+    big_neg = tf.fill(tf.shape(d), tf.constant(-3.0e38, d.dtype))
+    out = tf.reduce_max(tf.where(mask, d, big_neg), axis=1)
+    return tf.where(tf.reduce_any(mask, axis=1), out, fallback)
+
+
+def _masked_min(d, mask, fallback):
+    big = tf.fill(tf.shape(d), tf.constant(3.0e38, d.dtype))
+    out = tf.reduce_min(tf.where(mask, d, big), axis=1)
+    return tf.where(tf.reduce_any(mask, axis=1), out, fallback)
+
+
+def _sorted_masked(d, mask):
+    """Per row, column indices of the masked entries sorted by distance (unmasked ones last).
+
+    Returns (order [B, B] int32, sorted values [B, B] with +big for unmasked, count [B] int32).
+    """
+    big = tf.constant(3.0e38, d.dtype)
+    keyed = tf.where(mask, tf.stop_gradient(d), big)
+    order = tf.argsort(keyed, axis=1, stable=True)
+    values = tf.gather(keyed, order, batch_dims=1)
+    return order, values, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mining: each returns (per-anchor loss sums [B], normalizer scalar); the loss is sum / normalizer.
+
+
+def _all_or_violating(d, pos, neg, margin, mining):
+    """Sums of eq 2.1 over all valid triplets per anchor, without a B^3 tensor.
+
+    For anchor a with t_ap = D_ap + m, the triplet (a, p, n) violates iff D_an < t_ap, and
+    sum_{p,n} max(t_ap - D_an, 0) = sum_p cnt_ap * t_ap - sum_n c_an * D_an, with cnt_ap = #{n: D_an < t_ap}
+    and c_an = #{p: t_ap > D_an}. Both counts come from binary searches with the same comparison, so
+    they agree exactly; the expression is linear in D given the counts, hence gives the exact gradient.
+    """
+    t = d + margin
+    _, neg_sorted, _ = _sorted_masked(d, neg)
+    _, t_sorted, pos_count = _sorted_masked(t, pos)
+    # cnt_ap: negatives strictly closer than t_ap.
+    cnt = tf.searchsorted(neg_sorted, tf.stop_gradient(t), side="left", out_type=tf.int32)
+    cnt = tf.where(pos, cnt, 0)
+    # c_an: positives with t_ap > D_an = P_a - #{t_ap <= D_an}.
+    le = tf.searchsorted(t_sorted, tf.stop_gradient(d), side="right", out_type=tf.int32)
+    c = tf.where(neg, pos_count[:, None] - le, 0)
+    cnt_f = tf.cast(cnt, d.dtype)
+    c_f = tf.cast(c, d.dtype)
+    per_anchor = tf.reduce_sum(cnt_f * t, axis=1) - tf.reduce_sum(c_f * d, axis=1)
+    if mining == "all":
+        normalizer = tf.reduce_sum(tf.cast(pos_count, d.dtype) * tf.reduce_sum(tf.cast(neg, d.dtype), 1))
+    else:
+        normalizer = tf.reduce_sum(cnt_f)
+    return per_anchor, normalizer
+
+
+def _semi_hard(d, pos, neg, margin):
+    """tfa TripletSemiHardLoss: negative = min{D_an : D_an > D_ap}, else max_n D_an (else row min)."""
+    order, neg_sorted, neg_count = _sorted_masked(d, neg)
+    # First sorted negative strictly farther than D_ap.
+    idx = tf.searchsorted(neg_sorted, tf.stop_gradient(d), side="right", out_type=tf.int32)
+    has_outside = idx < neg_count[:, None]
+    last = tf.maximum(neg_count - 1, 0)[:, None] + tf.zeros_like(idx)
+    chosen = tf.where(has_outside, idx, last)
+    cols = tf.gather(order, chosen, batch_dims=1)
+    semi = tf.gather(d, cols, batch_dims=1)
+    row_min = tf.reduce_min(d, axis=1, keepdims=True)
+    semi = tf.where(neg_count[:, None] > 0, semi, row_min)
+    loss = tf.where(pos, tf.nn.relu(margin + d - semi), 0.0)
+    return tf.reduce_sum(loss, axis=1), tf.reduce_sum(tf.cast(pos, d.dtype))
+
+
+def _hard(d, pos, neg, margin):
+    """tfa TripletHardLoss (soft=False): hardest positive and hardest negative per anchor."""
+    hard_pos = _masked_max(d, pos, tf.reduce_min(d, axis=1))
+    hard_neg = _masked_min(d, neg, tf.reduce_max(d, axis=1))
+    per_anchor = tf.nn.relu(hard_pos - hard_neg + margin)
+    return per_anchor, tf.cast(tf.shape(d)[0], d.dtype)
+
+
+def triplet_loss_terms(labels, embeddings, margin: float = 0.2, mining: str = "violating",
+                       distance: str = "squared_l2") -> tuple[tf.Tensor, tf.Tensor]:
+    """(per-anchor loss sums [B], normalizer); the batch loss is sum(per_anchor) / normalizer.
+
+    Both are 0 for a batch without a valid triplet.
+    """
+    _check("mining", mining, MININGS)
+    _check("distance", distance, DISTANCES)
+    labels = _as_int_labels(labels)
+    d = pairwise_distances(embeddings, distance)
+    pos, neg = triplet_masks(labels)
+    margin = tf.cast(margin, d.dtype)
+    if mining in ("all", "violating"):
+        per_anchor, normalizer = _all_or_violating(d, pos, neg, margin, mining)
+    elif mining == "semi_hard":
+        per_anchor, normalizer = _semi_hard(d, pos, neg, margin)
+    else:
+        per_anchor, normalizer = _hard(d, pos, neg, margin)
+    valid = tf.logical_and(tf.reduce_any(pos), tf.reduce_any(neg))
+    valid = tf.logical_and(valid, normalizer > 0)
+    per_anchor = tf.where(valid, per_anchor, tf.zeros_like(per_anchor))
+    normalizer = tf.where(valid, normalizer, tf.zeros_like(normalizer))
+    return per_anchor, normalizer
+
+
+def _scaled(per_anchor, normalizer):
+    """Per-anchor values whose mean is sum / normalizer (0 when normalizer == 0)."""
+    n = tf.cast(tf.shape(per_anchor)[0], per_anchor.dtype)
+    return tf.math.divide_no_nan(per_anchor * n, normalizer)
+
+
+def triplet_loss(labels, embeddings, margin: float = 0.2, mining: str = "violating",
+                 distance: str = "squared_l2") -> tf.Tensor:
+    """Per-anchor triplet loss [B] (eq 2.1 with in-batch mining) whose mean is the batch loss.
+
+    The mean over anchors equals the loss of the chosen mining mode (see the module docstring), so a
+    Keras "sum_over_batch_size" reduction returns exactly tfa's value for semi_hard / hard.
+    """
+    per_anchor, normalizer = triplet_loss_terms(labels, embeddings, margin, mining, distance)
+    return _scaled(per_anchor, normalizer)
+
+
+def _gathered_triplet_loss(labels, embeddings, margin, mining, distance):
+    """Mining over the global batch of all replicas; returns the values of this replica's anchors."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return triplet_loss(labels, embeddings, margin, mining, distance)
+    labels = _as_int_labels(labels)
+    embeddings = tf.cast(embeddings, tf.float32)
+    local_n = tf.shape(labels)[0]
+    all_labels = ctx.all_gather(labels, axis=0)
+    all_embeddings = ctx.all_gather(embeddings, axis=0)
+    # Replicas may hold different batch sizes (last partial batch): find this replica's offset.
+    sizes = ctx.all_gather(tf.reshape(local_n, [1]), axis=0)
+    replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    offset = tf.reduce_sum(sizes[:replica_id])
+    values = triplet_loss(all_labels, all_embeddings, margin, mining, distance)
+    # `values` has mean == global loss over the global batch G; each replica returns its slice,
+    # rescaled so the Keras/`compute_average_loss` convention (local mean / num_replicas, summed
+    # over replicas) recovers the global loss.
+    global_n = tf.cast(tf.shape(all_labels)[0], values.dtype)
+    replicas = tf.cast(ctx.num_replicas_in_sync, values.dtype)
+    scale = tf.math.divide_no_nan(tf.cast(local_n, values.dtype) * replicas, global_n)
+    return values[offset:offset + local_n] * scale
+
+
+@keras.saving.register_keras_serializable(package="finegrain_tf")
+class TripletLoss(keras.losses.Loss):
+    """Eq 2.1 with in-batch mining on y_true = labels [B], y_pred = embeddings [B, D].
+
+    Args:
+      margin: m of eq 2.1 (seed: 0.2).
+      mining: "violating" (default, seed §2.3.2), "all", "semi_hard" (= tfa TripletSemiHardLoss),
+        "hard" (= tfa TripletHardLoss, soft=False).
+      distance: "squared_l2" (= tfa "L_2"), "l2", "cosine" (= tfa "angular").
+      gather_across_replicas: under tf.distribute, all-gather labels and embeddings so mining sees the
+        global batch (each replica returns the terms of its own anchors).
+    """
+
+    def __init__(self, margin: float = 0.2, mining: str = "violating", distance: str = "squared_l2",
+                 gather_across_replicas: bool = False, name: str = "triplet_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        _check("mining", mining, MININGS)
+        _check("distance", distance, DISTANCES)
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin!r}")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.margin = float(margin)
+        self.mining = mining
+        self.distance = distance
+        self.gather_across_replicas = bool(gather_across_replicas)
+
+    def call(self, y_true, y_pred):
+        if self.gather_across_replicas:
+            return _gathered_triplet_loss(y_true, y_pred, self.margin, self.mining, self.distance)
+        return triplet_loss(y_true, y_pred, self.margin, self.mining, self.distance)
+
+    def get_config(self):
+        return {"margin": self.margin, "mining": self.mining, "distance": self.distance,
+                "gather_across_replicas": self.gather_across_replicas, "name": self.name,
+                "reduction": self.reduction}
+
+
+def triplet_margin_loss(triplets, margin: float = 0.2, distance: str = "squared_l2") -> tf.Tensor:
+    """Eq 2.1 on explicit triplets: y_pred [B, 3, D] (anchor, positive, negative) -> loss [B]."""
+    _check("distance", distance, DISTANCES)
+    x = tf.cast(triplets, tf.float32)
+    a, p, n = x[:, 0], x[:, 1], x[:, 2]
+    if distance == "cosine":
+        a, p, n = (tf.math.l2_normalize(v, axis=-1) for v in (a, p, n))
+        d_ap = 1.0 - tf.reduce_sum(a * p, axis=-1)
+        d_an = 1.0 - tf.reduce_sum(a * n, axis=-1)
+    else:
+        d_ap = tf.reduce_sum(tf.square(a - p), axis=-1)
+        d_an = tf.reduce_sum(tf.square(a - n), axis=-1)
+        if distance == "l2":
+            d_ap, d_an = safe_sqrt(d_ap), safe_sqrt(d_an)
+    return tf.nn.relu(d_ap - d_an + margin)
+
+
+@keras.saving.register_keras_serializable(package="finegrain_tf")
+class TripletMarginLoss(keras.losses.Loss):
+    """Eq 2.1 on sampled triplets, y_pred [B, 3, D]; y_true is ignored (pass zeros)."""
+
+    def __init__(self, margin: float = 0.2, distance: str = "squared_l2", name: str = "triplet_margin_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        _check("distance", distance, DISTANCES)
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin!r}")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.margin = float(margin)
+        self.distance = distance
+
+    def call(self, y_true, y_pred):
+        return triplet_margin_loss(y_pred, self.margin, self.distance)
+
+    def get_config(self):
+        return {"margin": self.margin, "distance": self.distance, "name": self.name,
+                "reduction": self.reduction}
