@@ -69,7 +69,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    name: str = "softmax"  # softmax, class_balanced, logit_adjusted, balanced_softmax, ldam, hns, hnm
+    name: str = "softmax"  # softmax, class_balanced, logit_adjusted, balanced_softmax, ldam
     label_smoothing: float = 0.0
     # class-balanced (ch.5)
     beta: float = 0.9999

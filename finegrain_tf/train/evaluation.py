@@ -9,11 +9,12 @@ import tensorflow as tf
 
 def predict_logits(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 0):
     """Runs `model` over a dataset of (images, labels) batches; returns (logits, labels) arrays."""
+    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
     logits, labels = [], []
     for i, (images, batch_labels) in enumerate(dataset):
         if max_batches and i >= max_batches:
             break
-        logits.append(np.asarray(model(images, training=False), dtype=np.float32))
+        logits.append(np.asarray(forward(images), dtype=np.float32))
         labels.append(np.asarray(batch_labels, dtype=np.int64))
     if not logits:
         raise ValueError("the evaluation split is empty")

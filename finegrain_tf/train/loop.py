@@ -20,10 +20,11 @@ import tensorflow as tf
 from absl import logging
 
 from finegrain_tf.data.pipeline import build_datasets
+from finegrain_tf.models.initializers import configure_weight_decay
 from finegrain_tf.train import evaluation
 from finegrain_tf.train.config import ExperimentConfig, save_params
-from finegrain_tf.train.factory import build_loss, build_model
-from finegrain_tf.train.optim import build_optimizer, no_decay_variables
+from finegrain_tf.train.factory import build_loss, build_model, build_triplet_loss
+from finegrain_tf.train.optim import build_optimizer
 from finegrain_tf.train.strategy import is_chief, make_strategy
 
 
@@ -79,11 +80,16 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     with strategy.scope():
         model = build_model(cfg, info.num_classes)
         optimizer = build_optimizer(cfg.optimizer, cfg.train.steps)
-        optimizer.build(model.trainable_variables)
         if cfg.optimizer.weight_decay:
-            optimizer.exclude_from_weight_decay(var_list=no_decay_variables(
-                model, cfg.optimizer.decay_bias, cfg.optimizer.decay_batchnorm))
+            configure_weight_decay(optimizer, model, cfg.optimizer.decay_bias,
+                                   cfg.optimizer.decay_batchnorm)
+        optimizer.build(model.trainable_variables)
         loss_fn = build_loss(cfg, info.train_class_counts)
+        triplet_fn = build_triplet_loss(cfg)
+        # Eq 2.5: omega * triplet(embedding) + (1 - omega) * classification.
+        omega = cfg.loss.triplet_weight
+        net = keras.Model(model.input, [model.output, model.get_layer("embedding").output]) \
+            if triplet_fn else model
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         train_loss = keras.metrics.Mean("train_loss")
         train_acc = keras.metrics.SparseCategoricalAccuracy("train_accuracy")
@@ -98,8 +104,14 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
 
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = loss_fn(labels, tf.cast(logits, tf.float32))
+            if triplet_fn:
+                logits, embedding = net(images, training=True)
+                embedding = tf.math.l2_normalize(tf.cast(embedding, tf.float32), axis=-1)
+                per_example = (1.0 - omega) * loss_fn(labels, tf.cast(logits, tf.float32)) + \
+                    omega * triplet_fn(labels, embedding)
+            else:
+                logits = model(images, training=True)
+                per_example = loss_fn(labels, tf.cast(logits, tf.float32))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -117,7 +129,10 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     progbar = keras.utils.Progbar(cfg.train.steps, stateful_metrics=["loss", "acc", "lr"],
                                   verbose=1 if chief else 0)
     iterator = iter(train_dist)
+    set_loss_step = getattr(loss_fn, "set_step", None)  # LDAM's deferred re-weighting switch
     while int(step.numpy()) < cfg.train.steps:
+        if set_loss_step:
+            set_loss_step(int(step.numpy()))
         train_step(iterator)
         current = int(step.assign_add(1).numpy())
         if current % cfg.train.log_every == 0 or current == cfg.train.steps:

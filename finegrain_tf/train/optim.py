@@ -1,4 +1,4 @@
-"""Training policy as small pure functions: learning-rate schedule, optimizer, weight-decay set.
+"""Training policy as small pure functions: learning-rate schedule and optimizer.
 
 The seeds train with SGD-momentum + step decay + warm-up (ch.3, ch.5) and with RMSProp (decay 0.9,
 momentum 0.9) + exponential decay 0.94 (ch.4); both are expressible here.
@@ -82,26 +82,3 @@ def build_optimizer(cfg: OptimizerConfig, total_steps: int) -> keras.optimizers.
         common["weight_decay"] = cfg.weight_decay
         return keras.optimizers.AdamW(epsilon=cfg.epsilon, **common)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
-
-
-def _walk_layers(layer):
-    yield layer
-    for child in getattr(layer, "layers", ()):
-        yield from _walk_layers(child)
-
-
-def no_decay_variables(model: keras.Model, decay_bias: bool = False,
-                       decay_batchnorm: bool = False) -> list:
-    """The trainable variables weight decay must skip: biases and/or batch-norm gamma/beta.
-
-    §5.4.2 of seed 000: with sigmoid / focal losses the last layer's prior bias must not be pulled
-    towards 0 by weight decay.
-    """
-    skip = []
-    for layer in _walk_layers(model):
-        if not decay_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
-            skip += [v for v in (layer.gamma, layer.beta) if v is not None and v.trainable]
-        bias = getattr(layer, "bias", None)
-        if not decay_bias and isinstance(bias, keras.Variable) and bias.trainable:
-            skip.append(bias)
-    return skip
