@@ -1,11 +1,15 @@
 """Long-tailed subsampling and balanced subsets (seed 000 §5.4.1, §4.2.2)."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from finegrain_tf.data.long_tail import (balanced_subset, labels_from_dataset, long_tailed_counts,
                                          make_long_tailed, take_indices)
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,42 @@ def test_balanced_subset():
     np.testing.assert_array_equal(balanced_subset(labels, cap=100), np.arange(77))
     with pytest.raises(ValueError, match="0"):
         balanced_subset(labels, cap=0)
+
+
+_CONFIGS = sorted(
+        os.path.join(_ROOT, "configs", f) for f in os.listdir(os.path.join(_ROOT, "configs"))
+        if f.startswith(("cifar10_lt_", "cifar100_lt_", "synthetic_lt_", "two_stage_balanced_finetune")))
+
+
+def test_long_tail_configs_load_strictly():
+    from finegrain_tf.losses import BalancedSoftmaxLoss, ClassBalancedLoss, LDAMLoss, LogitAdjustedLoss
+    from finegrain_tf.train.config import build_config
+
+    assert len(_CONFIGS) == 5 + 5 + 7 + 2
+    for path in _CONFIGS:
+        cfg = build_config([path])
+        if os.path.basename(path).startswith("cifar"):
+            n_max, num_classes = (5000, 10) if "cifar10_" in path else (500, 100)
+            counts = long_tailed_counts(n_max, num_classes, cfg.data.imbalance_factor)
+            # exact wherever n_max / IF is an integer; CIFAR-100-LT IF 200 has 500 / 200 = 2.5 -> 2 (as the
+            # official data has), i.e. a realised IF of 250.
+            assert counts[-1] == n_max // cfg.data.imbalance_factor
+            if n_max % cfg.data.imbalance_factor == 0:
+                assert counts[0] / counts[-1] == cfg.data.imbalance_factor
+            assert cfg.loss.name == "class_balanced"
+            assert (cfg.model.bias_init == "prior") == (cfg.loss.loss_type != "softmax"), path
+        else:
+            counts = long_tailed_counts(cfg.data.synthetic.train_per_class, cfg.data.synthetic.num_classes,
+                                        cfg.data.imbalance_factor)
+        loss = cfg.loss
+        built = {
+                "softmax": lambda: None,
+                "class_balanced": lambda: ClassBalancedLoss(counts, loss.beta, loss.loss_type, loss.gamma),
+                "logit_adjusted": lambda: LogitAdjustedLoss(counts, loss.tau),
+                "balanced_softmax": lambda: BalancedSoftmaxLoss(counts),
+                "ldam": lambda: LDAMLoss(counts, loss.max_margin, loss.scale, loss.beta, loss.drw_step),
+        }[loss.name]()
+        assert built is None or built.get_config()["samples_per_class"] == counts.tolist()
+    stage1, stage2 = (build_config([p]) for p in _CONFIGS[-2:])
+    assert stage1.train.model_dir == stage2.train.model_dir and stage2.train.steps > stage1.train.steps
+    assert stage2.data.balanced_cap > 0 and stage1.data.balanced_cap == 0
