@@ -1,0 +1,79 @@
+"""Anchor-vote classification loss (seed 000 eq 2.4) and the combined objective (eq 2.5).
+
+Eq 2.4: L_cls = -log p_{C(x)} with p from eq 2.3 (`finegrain_tf.layers.AnchorSoftVote`).
+Eq 2.5: L = omega * L_triplet + (1 - omega) * L_cls, omega = 0.1 in the seed.
+
+With Keras this is a two-output model trained by plain `model.fit`:
+
+    model = build_anchor_vote_model(embedding_model, num_classes)       # outputs {"embedding", "vote"}
+    losses, weights = combined_objective(omega=0.1)
+    model.compile(optimizer, loss=losses, loss_weights=weights)
+    model.fit(images, {"embedding": labels, "vote": labels})
+
+so the anchors and the network are updated jointly by the same gradient step.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from finegrain_tf.losses.metric import TripletLoss
+
+
+def anchor_vote_loss(y_true, y_pred, from_logits: bool = True) -> tf.Tensor:
+    """Per-example -log p_y [B]. from_logits: y_pred are AnchorSoftVote "logits"/"log_probabilities"
+    (log p up to a per-row constant); otherwise probabilities p (clipped at 1e-38 before the log)."""
+    y = tf.reshape(tf.cast(tf.round(tf.cast(y_true, tf.float32)), tf.int32), [-1])
+    z = tf.cast(y_pred, tf.float32)
+    if from_logits:
+        logp = tf.nn.log_softmax(z, axis=-1)
+    else:
+        logp = tf.math.log(tf.maximum(z, 1e-38))
+    return -tf.gather(logp, y, batch_dims=1)
+
+
+@keras.saving.register_keras_serializable(package="finegrain_tf")
+class AnchorVoteLoss(keras.losses.Loss):
+    """-log p_{C(x)} of eq 2.4 on (labels [B], AnchorSoftVote output [B, N])."""
+
+    def __init__(self, from_logits: bool = True, name: str = "anchor_vote_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        return anchor_vote_loss(y_true, y_pred, self.from_logits)
+
+    def get_config(self):
+        return {"from_logits": self.from_logits, "name": self.name, "reduction": self.reduction}
+
+
+def combined_objective(omega: float = 0.1, margin: float = 0.2, mining: str = "violating",
+                       distance: str = "squared_l2", gather_across_replicas: bool = False,
+                       embedding_output: str = "embedding", vote_output: str = "vote"):
+    """(losses, loss_weights) dicts for `model.compile` realising eq 2.5 on a two-output model."""
+    if not 0.0 <= omega <= 1.0:
+        raise ValueError(f"omega must be in [0, 1], got {omega!r}")
+    losses = {embedding_output: TripletLoss(margin=margin, mining=mining, distance=distance,
+                                            gather_across_replicas=gather_across_replicas),
+              vote_output: AnchorVoteLoss(from_logits=True)}
+    weights = {embedding_output: float(omega), vote_output: 1.0 - float(omega)}
+    return losses, weights
+
+
+def build_anchor_vote_model(embedding_model: keras.Model, num_classes: int, anchors_per_class: int = 3,
+                            gamma: float = 5.0, embedding_output: str = "embedding",
+                            vote_output: str = "vote", name: str = "triplet_anchor") -> keras.Model:
+    """Two-output model {embedding_output: L2 embedding [B, D], vote_output: log p [B, N]} (Fig 2.7).
+
+    `embedding_model` maps images to L2-normalised embeddings (e.g. `models.embedding.build_embedding_model`).
+    """
+    from finegrain_tf.layers.anchor_soft_vote import AnchorSoftVote
+
+    inputs = keras.Input(shape=embedding_model.input_shape[1:], name="image")
+    emb = embedding_model(inputs)
+    emb = keras.layers.Identity(name=embedding_output)(emb)
+    vote = AnchorSoftVote(num_classes, anchors_per_class, gamma, output_mode="log_probabilities",
+                          name=vote_output)(emb)
+    return keras.Model(inputs, {embedding_output: emb, vote_output: vote}, name=name)
