@@ -113,6 +113,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 20
     eval_batches: int = 0  # 0 = the whole eval split
+    many_threshold: int = 100  # head / many-shot classes have >= this many train images (seed: 100)
+    few_threshold: int = 20  # few-shot classes have fewer train images than this
     strategy: str = "default"  # default, mirrored, multi_worker, tpu
     tpu: str = ""
     mixed_precision: bool = False

@@ -1,10 +1,12 @@
-"""The evaluation report printed at the end of training: top-1, top-5, balanced accuracy."""
+"""The evaluation report printed at the end of training: top-1, top-5, balanced and head/tail accuracy."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from finegrain_tf.metrics.long_tail import head_tail_report
 
 
 def predict_logits(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 0):
@@ -27,28 +29,34 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(topk == labels[:, None], axis=1)))
 
 
-def evaluate(model, dataset, train_class_counts, max_batches: int = 0) -> dict:
+def evaluate(model, dataset, train_class_counts, max_batches: int = 0, many: int = 100,
+             few: int = 20) -> dict:
+    """top-1, top-5, balanced accuracy and the head/tail breakdown of seed 000 (head: >= `many`
+    training images per class, tail: fewer; plus many / medium / few-shot groups)."""
     logits, labels = predict_logits(model, dataset, max_batches)
-    num_classes = logits.shape[1]
-    predictions = logits.argmax(axis=1)
-    per_class = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        mask = labels == c
-        if mask.any():
-            per_class[c] = np.mean(predictions[mask] == c)
+    breakdown = head_tail_report(labels, logits, train_class_counts, many=many, few=few)
     return {
         "num_examples": int(len(labels)),
         "top1": topk_accuracy(logits, labels, 1),
         "top5": topk_accuracy(logits, labels, 5),
-        "balanced_accuracy": float(np.nanmean(per_class)),
+        "balanced_accuracy": breakdown["balanced"],
+        "head_accuracy": breakdown["head"]["accuracy"],
+        "tail_accuracy": breakdown["tail"]["accuracy"],
+        "many_shot_accuracy": breakdown["many"]["accuracy"],
+        "medium_shot_accuracy": breakdown["medium"]["accuracy"],
+        "few_shot_accuracy": breakdown["few"]["accuracy"],
+        "breakdown": breakdown,
     }
 
 
 def format_report(report: dict) -> str:
+    """A two-column table of the scalar entries (groups without classes show as '-')."""
     lines = [f"{'metric':<24}{'value':>10}"]
     for key, value in report.items():
         if isinstance(value, float):
             lines.append(f"{key:<24}{value:>10.4f}")
         elif isinstance(value, int):
             lines.append(f"{key:<24}{value:>10d}")
+        elif value is None:
+            lines.append(f"{key:<24}{'-':>10}")
     return "\n".join(lines)

@@ -150,7 +150,8 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
             manager.save(checkpoint_number=current)
     writer.flush()
 
-    report = evaluation.evaluate(model, eval_ds, info.train_class_counts, cfg.train.eval_batches)
+    report = evaluation.evaluate(model, eval_ds, info.train_class_counts, cfg.train.eval_batches,
+                                 cfg.train.many_threshold, cfg.train.few_threshold)
     report["train_steps"] = int(step.numpy())
     if chief:
         _save_artifacts(cfg, model, info, report, model_dir)
