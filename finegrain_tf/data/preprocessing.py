@@ -1,0 +1,121 @@
+"""The seeds' image preprocessing, as pure graph-safe TF ops on a single image.
+
+Cui's dissertation (ch.3 sec. "Experiments", ch.4 "Implementation details") and the usual
+fine-grained protocol: resize the image so that its *shorter* side equals `resize_size` (by default
+`image_size * 8 / 7`, e.g. 256 for 224, 342 for 299, 512 for 448), then take a random
+`image_size x image_size` crop and a random horizontal flip for training, or the centre crop for
+evaluation. Outputs are float32 in [0, 255]; backbone-specific normalisation lives in the model.
+
+The same functions are used by the training input pipeline and inside exported SavedModels (the
+serving signature decodes bytes with `decode_image` and applies `preprocess_eval`), so they use only
+stock TF ops and work on images of any size, including images smaller than the crop (they are
+upscaled).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+
+def default_resize_size(image_size: int) -> int:
+    """Shorter side before cropping: round(image_size * 8 / 7) (224 -> 256, 299 -> 342, 448 -> 512)."""
+    return int(round(image_size * 8.0 / 7.0))
+
+
+def _check_sizes(image_size, resize_size) -> tuple[int, int]:
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if not isinstance(resize_size, int) or isinstance(resize_size, bool) or resize_size < 0:
+        raise ValueError(f"resize_size must be a non-negative int, got {resize_size!r}")
+    if resize_size == 0:
+        resize_size = default_resize_size(image_size)
+    if resize_size < image_size:
+        raise ValueError(f"resize_size={resize_size} is smaller than image_size={image_size}")
+    return image_size, resize_size
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """Decodes JPEG/PNG/GIF (first frame)/BMP bytes (a tf.string scalar) to uint8 [H, W, 3].
+
+    Grayscale images are replicated to three channels and alpha is dropped.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _as_rgb(image: tf.Tensor) -> tf.Tensor:
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank is not None and image.shape.rank != 3:
+        raise ValueError(f"expected a single image [H, W, C], got shape {image.shape}")
+    if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif image.shape[-1] == 4:
+        image = image[..., :3]
+    return image
+
+
+def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Resizes so that the shorter side is `size` (aspect ratio kept); returns float32 in [0, 255].
+
+    Bilinear with anti-aliasing (area-correct when shrinking); both sides are at least `size`.
+    """
+    image = _as_rgb(image)
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    scale = tf.cast(size, tf.float32) / tf.minimum(height, width)
+    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), size)
+    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), size)
+    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_height, new_width]),
+                              method="bilinear", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def central_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """The centred `size x size` window (offsets (H - size) // 2, (W - size) // 2)."""
+    shape = tf.shape(image)
+    top = (shape[0] - size) // 2
+    left = (shape[1] - size) // 2
+    crop = image[top:top + size, left:left + size, :]
+    crop.set_shape([size, size, 3])
+    return crop
+
+
+def preprocess_train(image: tf.Tensor, image_size: int, resize_size: int = 0,
+                     seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Training preprocessing: resize shorter side, random square crop, random horizontal flip.
+
+    Args:
+      image: uint8 (or float in [0, 255]) [H, W, 3] (1 or 4 channels are converted).
+      image_size: crop side S.
+      resize_size: shorter side before cropping; 0 = round(S * 8 / 7).
+      seed: None for stateful random ops, or an int32/int64 [2] tensor for stateless (reproducible)
+        ones, e.g. `(data_seed, element_index)`.
+
+    Returns:
+      float32 [S, S, 3] in [0, 255].
+    """
+    image_size, resize_size = _check_sizes(image_size, resize_size)
+    resized = resize_shorter_side(image, resize_size)
+    crop_shape = tf.constant([image_size, image_size, 3])
+    if seed is None:
+        crop = tf.image.random_crop(resized, crop_shape)
+        crop = tf.image.random_flip_left_right(crop)
+    else:
+        seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+        seeds = tf.random.experimental.stateless_split(seed, num=2)
+        crop = tf.image.stateless_random_crop(resized, crop_shape, seed=seeds[0])
+        crop = tf.image.stateless_random_flip_left_right(crop, seed=seeds[1])
+    crop.set_shape([image_size, image_size, 3])
+    return crop
+
+
+def preprocess_eval(image: tf.Tensor, image_size: int, resize_size: int = 0) -> tf.Tensor:
+    """Evaluation preprocessing: resize shorter side to `resize_size`, centre `image_size` crop.
+
+    Returns float32 [S, S, 3] in [0, 255]; deterministic.
+    """
+    image_size, resize_size = _check_sizes(image_size, resize_size)
+    return central_crop(resize_shorter_side(image, resize_size), image_size)
