@@ -48,12 +48,24 @@ _SQRT_EPS = 1e-12
 # Pure helpers (shared by the layers, the approximation-error tool and the tests)
 
 
-def rbf_coefficients(gamma: float, order: int) -> np.ndarray:
-    """alpha_i = sqrt(exp(-2 gamma) (2 gamma)^i / i!), i = 0..order (eq 3.11, L2-normalised inputs)."""
+def rbf_coefficients(gamma: float, order: int, normalized: bool = False) -> np.ndarray:
+    """alpha_i = sqrt(exp(-2 gamma) (2 gamma)^i / i!), i = 0..order (eq 3.11, L2-normalised inputs).
+
+    normalized=True replaces the global factor exp(-2 gamma) = 1 / sum_{i>=0} (2 gamma)^i / i! by its
+    truncation 1 / sum_{i<=order} (2 gamma)^i / i! (so sum_i alpha_i^2 = 1). Only the overall scale
+    changes, which the signed square root + L2 normalisation of §3.3.1 removes exactly, and the values
+    stay representable for large gamma (exp(-2 gamma) underflows float32 beyond gamma ~ 44, which
+    happens with the small raw features of a randomly initialised backbone).
+    """
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma!r}")
     i = np.arange(order + 1, dtype=np.float64)
-    log_sq = -2.0 * gamma + i * math.log(2.0 * gamma) - np.array([math.lgamma(k + 1) for k in i])
+    log_terms = i * math.log(2.0 * gamma) - np.array([math.lgamma(k + 1) for k in i])
+    if normalized:
+        top = log_terms.max()
+        log_sq = log_terms - (top + math.log(np.sum(np.exp(log_terms - top))))
+    else:
+        log_sq = -2.0 * gamma + log_terms
     return np.exp(0.5 * log_sq)
 
 
@@ -206,14 +218,16 @@ def pooled_tensor_sketches(x, hashes, signs, dims, orders, method: str = "sparse
 
 
 def signed_sqrt_l2(y):
-    """y <- sign(y) sqrt(|y|), y <- y / ||y|| (§3.3.1), float32.
+    """y <- sign(y) sqrt(|y|), y <- y / ||y|| (§3.3.1), float32, along the last axis.
 
-    The square root is sign(y) (sqrt(|y| + eps) - sqrt(eps)) with eps = 1e-12: continuous, zero at
-    0 and with a bounded gradient (the exact one is infinite at 0).
+    Computed as l2(ssqrt(l2(y))), which equals the above exactly because ssqrt(c y) = sqrt(c) ssqrt(y)
+    for c > 0, but makes the square root's smoothing scale-free: ssqrt(u) = sign(u) (sqrt(|u| + eps)
+    - sqrt(eps)) with eps = 1e-12 on the unit-norm u is continuous, zero at 0 and has a bounded
+    gradient (the exact one is infinite at 0), whatever the magnitude of the pooled features.
     """
-    y = tf.cast(y, tf.float32)
+    y = tf.math.l2_normalize(tf.cast(y, tf.float32), axis=-1, epsilon=1e-30)
     y = tf.sign(y) * (tf.sqrt(tf.abs(y) + _SQRT_EPS) - math.sqrt(_SQRT_EPS))
-    return tf.math.l2_normalize(y, axis=-1, epsilon=1e-24)
+    return tf.math.l2_normalize(y, axis=-1, epsilon=1e-30)
 
 
 def _flatten_locations(inputs):
@@ -259,6 +273,8 @@ class KernelPooling(keras.layers.Layer):
       dims: sketch dimension d_i of every order i >= 2: one int, or a list of p - 1 ints.
       coefficients: "learned" (trainable alpha_i, initialised to the RBF values of eq 3.11), "rbf"
         (fixed to eq 3.11 with the layer's gamma) or an explicit list [alpha_0, ..., alpha_p] (fixed).
+        With normalize=True the RBF values are rescaled by a common factor that the normalisation
+        removes (`rbf_coefficients(normalized=True)`), so large gammas do not underflow.
       gamma: RBF gamma for the "learned"/"rbf" coefficients. None: `DEFAULT_GAMMA` until `adapt()`
         (gamma = 1 / mean <x, y>, §3.3.2) or `set_gamma()` is called; the value lives in the
         non-trainable weight "gamma" and is saved with the layer.
@@ -341,7 +357,8 @@ class KernelPooling(keras.layers.Layer):
             if self.gamma is None:
                 logging.info("%s: gamma=None, coefficients start from gamma=%s until adapt()/set_gamma()",
                              self.name, DEFAULT_GAMMA)
-            init = rbf_coefficients(self.gamma or DEFAULT_GAMMA, self.order).astype(np.float32)
+            init = rbf_coefficients(self.gamma or DEFAULT_GAMMA, self.order,
+                                    normalized=self.normalize).astype(np.float32)
             self.alpha = self.add_weight(name="alpha", shape=(self.order + 1,), dtype="float32",
                                          trainable=True, initializer=_hash_initializer(init),
                                          autocast=False)
@@ -371,7 +388,8 @@ class KernelPooling(keras.layers.Layer):
             raise ValueError("build the layer (call it once) before set_gamma/adapt")
         self.gamma_weight.assign(float(gamma))
         if self.alpha is not None:
-            self.alpha.assign(rbf_coefficients(float(gamma), self.order).astype(np.float32))
+            self.alpha.assign(rbf_coefficients(float(gamma), self.order,
+                                               normalized=self.normalize).astype(np.float32))
 
     def adapt(self, data, steps: int | None = None) -> float:
         """Estimates gamma = 1 / mean <x, y> (§3.3.2) from feature maps and calls `set_gamma`.
@@ -402,7 +420,11 @@ class KernelPooling(keras.layers.Layer):
             g = tf.convert_to_tensor(self.gamma_weight)
             g = tf.where(g > 0, g, DEFAULT_GAMMA)
             i = tf.range(self.order + 1, dtype=tf.float32)
-            log_sq = -2.0 * g + i * tf.math.log(2.0 * g) - tf.math.lgamma(i + 1.0)
+            log_terms = i * tf.math.log(2.0 * g) - tf.math.lgamma(i + 1.0)
+            if self.normalize:  # see rbf_coefficients(normalized=True)
+                log_sq = log_terms - tf.reduce_logsumexp(log_terms)
+            else:
+                log_sq = log_terms - 2.0 * g
             return tf.exp(0.5 * log_sq)
         return tf.constant(self.coefficients, tf.float32)
 

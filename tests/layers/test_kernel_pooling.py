@@ -113,12 +113,14 @@ def test_location_average_and_normalisation_match_reference():
     layer = KernelPooling(order=3, dims=8, coefficients="learned", gamma=0.8, seed=2)
     y = layer(X_MAPS).numpy()
     coeffs = layer.coefficient_values()
-    np.testing.assert_allclose(coeffs, kp.rbf_coefficients(0.8, 3), rtol=1e-6)
+    np.testing.assert_allclose(coeffs, kp.rbf_coefficients(0.8, 3, normalized=True), rtol=1e-6)
     _close(y, ref_kernel_pooling(X_MAPS, layer, coeffs, normalize=True))
     np.testing.assert_allclose(np.linalg.norm(y, axis=-1), 1.0, rtol=1e-5)
-    raw = KernelPooling(order=3, dims=8, coefficients="learned", gamma=0.8, seed=2,
-                        normalize=False)(X_MAPS).numpy()
-    _close(raw, ref_kernel_pooling(X_MAPS, layer, coeffs, normalize=False))
+    raw_layer = KernelPooling(order=3, dims=8, coefficients="learned", gamma=0.8, seed=2,
+                              normalize=False)
+    raw = raw_layer(X_MAPS).numpy()
+    np.testing.assert_allclose(raw_layer.coefficient_values(), kp.rbf_coefficients(0.8, 3), rtol=1e-6)
+    _close(raw, ref_kernel_pooling(X_MAPS, layer, raw_layer.coefficient_values(), normalize=False))
 
 
 def test_inner_product_equals_weighted_sum_of_sketch_inner_products():
@@ -207,11 +209,29 @@ def test_rbf_coefficients_closed_form():
     a = kp.rbf_coefficients(g, 4)
     expected = [math.exp(-2 * g) * (2 * g) ** i / math.factorial(i) for i in range(5)]
     np.testing.assert_allclose(a ** 2, expected, rtol=1e-12)
+    an = kp.rbf_coefficients(g, 4, normalized=True)
+    np.testing.assert_allclose(an ** 2, np.array(expected) / np.sum(expected), rtol=1e-12)
     # Taylor kernel -> RBF for L2-normalised x, y as p grows (eq 3.11)
     x, y = RNG.randn(2, 5)
     x, y = x / np.linalg.norm(x), y / np.linalg.norm(y)
     taylor = sum(v * (x @ y) ** i for i, v in enumerate(kp.rbf_coefficients(g, 12) ** 2))
     assert taylor == pytest.approx(math.exp(-g * np.sum((x - y) ** 2)), rel=1e-10)
+
+
+@pytest.mark.parametrize("coefficients", ["rbf", "learned"])
+def test_rbf_scale_is_removed_by_normalisation_and_large_gamma_does_not_underflow(coefficients):
+    # gamma = 300: exp(-2 gamma) underflows float32; eq 3.11 in float64 + ssqrt/L2 is the reference.
+    maps = (X_MAPS * 1e-2).astype(np.float32)
+    layer = KernelPooling(order=3, dims=8, coefficients=coefficients, gamma=300.0, seed=4)
+    y = layer(maps).numpy()
+    assert np.all(layer.coefficient_values() > 0)
+    exact = kp.rbf_coefficients(300.0, 3)
+    assert exact[0] < 1e-100
+    _close(y, ref_kernel_pooling(maps, layer, exact, normalize=True))
+    raw = KernelPooling(order=3, dims=8, coefficients=coefficients, gamma=0.4, seed=4,
+                        normalize=False)
+    raw.build(maps.shape)
+    np.testing.assert_allclose(raw.coefficient_values(), kp.rbf_coefficients(0.4, 3), rtol=1e-6)
 
 
 def test_estimate_gamma_matches_pair_loop_and_adapt():
@@ -226,13 +246,14 @@ def test_estimate_gamma_matches_pair_loop_and_adapt():
     for coeffs in ("learned", "rbf"):
         layer = KernelPooling(order=3, dims=8, coefficients=coeffs)
         layer.build((None, 2, 2, 5))
-        np.testing.assert_allclose(layer.coefficient_values(), kp.rbf_coefficients(1.0, 3), rtol=1e-6)
+        np.testing.assert_allclose(layer.coefficient_values(),
+                                   kp.rbf_coefficients(1.0, 3, normalized=True), rtol=1e-6)
         batches = tf.data.Dataset.from_tensor_slices(feats.astype(np.float32)).batch(1)
         gamma = layer.adapt(batches)
         assert gamma == pytest.approx(1.0 / np.mean(pairs), rel=1e-6)
         assert layer.effective_gamma() == pytest.approx(gamma, rel=1e-6)
-        np.testing.assert_allclose(layer.coefficient_values(), kp.rbf_coefficients(gamma, 3),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(layer.coefficient_values(),
+                                   kp.rbf_coefficients(gamma, 3, normalized=True), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
