@@ -58,6 +58,12 @@ def _preprocessing():
     return preprocessing.decode_image, preprocessing.preprocess_eval
 
 
+def _default_resize(image_size: int) -> int:
+    from finegrain_tf.data.preprocessing import default_resize_size
+
+    return default_resize_size(image_size)
+
+
 def preprocess_bytes(encoded: tf.Tensor, image_size: int, resize_size: int = 0) -> tf.Tensor:
     """One encoded image (scalar string) -> float32 [S, S, 3] in [0, 255] (the eval preprocessing)."""
     decode_image, preprocess_eval = _preprocessing()
@@ -375,7 +381,7 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
         staging = tempfile.mkdtemp(prefix="assets-", dir=tmp_dir)
         info = {
                 "model_name": model_name, "version": version, "signatures": signatures,
-                "image_size": image_size, "resize_size": resize_size or int(round(image_size * 8 / 7)),
+                "image_size": image_size, "resize_size": resize_size or _default_resize(image_size),
                 "input": "encoded JPEG/PNG/GIF/BMP bytes (classify_tensor: [H, W, 3] pixels in [0, 255])",
                 "preprocessing": "finegrain_tf.data.preprocessing.decode_image + preprocess_eval (resize the "
                                                   "shorter side to resize_size, centre crop image_size); float32 in [0, 255]",
