@@ -6,3 +6,5 @@ from finegrain_tf.analysis.domain_similarity import (  # noqa: E402
     write_class_list)
 from finegrain_tf.analysis.features import class_means, extract_features  # noqa: E402
 from finegrain_tf.analysis.granularity import granularity  # noqa: E402
+from finegrain_tf.analysis.kernel_approx import (  # noqa: E402
+    approximation_error_sweep, kernel_approximation_error)
