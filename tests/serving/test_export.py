@@ -98,3 +98,27 @@ def test_warmup_file_has_one_predictionlog_per_signature(exported):
         req = log.predict_log.request
         assert req.model_spec.name == MODEL_NAME
         assert tf.make_ndarray(req.inputs["images"]).shape[0] == 1
+
+
+def test_project_layers_export_and_load_through_session_loader(tmp_path):
+    """A model with KernelPooling and AnchorSoftVote exports with stock ops only: model.keras reload ->
+    export -> TF1 session loader -> outputs equal the in-memory model."""
+    import keras
+
+    import finegrain_tf.layers as fl
+    from finegrain_tf.serving import export
+    from serving_utils import write_model_dir
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    x = fl.KernelPooling(order=2, dims=16, gamma=0.5)(x)
+    emb = keras.layers.Dense(6, name="embedding")(x)
+    logits = fl.AnchorSoftVote(len(CLASS_NAMES), anchors_per_class=2, output_mode="logits")(emb)
+    run_dir = write_model_dir(tmp_path / "run", keras.Model(inputs, logits))
+    export_dir = export.export_from_model_dir(run_dir, str(tmp_path / "models"), gallery=None)
+    reloaded, _, _ = export.load_model_dir(run_dir)
+    kinds = {type(l).__name__ for l in reloaded.layers}
+    assert {"KernelPooling", "AnchorSoftVote"} <= kinds
+    report = export.verify_export(export_dir, reloaded, images=random_images(2, fmt="mixed"))
+    assert set(report) >= {"classify", "classify_tensor", "embed"} and max(report.values()) < 1e-4

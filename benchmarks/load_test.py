@@ -1,0 +1,145 @@
+"""Load test: N concurrent gRPC clients for T seconds against `finegrain-serve` on loopback, vs in-process.
+
+For each batch size (default 1 and 32) it runs the same work twice, each for `--seconds`:
+  served      N client threads -> gRPC (real tensorflow_serving stubs) -> finegrain-serve subprocess
+              -> session-loaded SavedModel (the `classify` signature, encoded JPEG bytes in)
+  in-process  N threads calling the same session-loaded SavedModel directly (SessionServable.run)
+and prints QPS (requests/s), images/s, p50 and p99 latency side by side with served / in-process ratios.
+Issue 4's goal: p50 at batch 32 <= 1.2x in-process. Loopback only; bounded by 4 x --seconds plus start-up.
+
+    python benchmarks/load_test.py [--export_dir=<base>/<name>/<version>] [--clients=4 --seconds=10]
+
+Without --export_dir it exports the demo-sized model (small_cnn, 64 px, 20 classes, random weights).
+"""
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("export_dir", None, "An export (<base>/<model_name>/<version>); default: export a demo model.")
+flags.DEFINE_integer("clients", 4, "Concurrent clients (threads).")
+flags.DEFINE_float("seconds", 10.0, "Duration of each measurement.")
+flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to measure.")
+flags.DEFINE_integer("image_size", 64, "Input size of the default model.")
+flags.DEFINE_string("signature", "classify", "Signature to load-test (bytes input).")
+
+
+def _demo_export(workdir: str) -> str:
+    from finegrain_tf.models.heads import build_classifier
+    from finegrain_tf.serving.export import export_model
+
+    model = build_classifier("small_cnn", pooling="avg", num_classes=20, input_size=FLAGS.image_size,
+                             embedding_dim=32)
+    return export_model(model, workdir, "loadtest", 1, class_names=[f"class_{i}" for i in range(20)],
+                        image_size=FLAGS.image_size, top_k=5)
+
+
+def _images(count: int, size: int) -> list:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    side = int(size * 1.25)
+    return [tf.io.encode_jpeg(rng.integers(0, 256, (side, side + 7, 3), dtype=np.uint8)).numpy()
+            for _ in range(count)]
+
+
+def _hammer(call, clients: int, seconds: float):
+    """Runs `call()` in `clients` threads for `seconds`; returns (latencies in s, errors, wall time)."""
+    latencies, errors, lock = [], [], threading.Lock()
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    def worker():
+        local = []
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                call()
+            except Exception as e:  # counted and reported, never hidden
+                with lock:
+                    errors.append(repr(e))
+                continue
+            local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return np.array(latencies), errors, time.perf_counter() - start
+
+
+def _stats(latencies, wall, batch):
+    if latencies.size == 0:
+        return {"qps": 0.0, "images_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
+    return {"qps": latencies.size / wall, "images_per_s": latencies.size * batch / wall,
+            "p50_ms": 1e3 * float(np.percentile(latencies, 50)), "p99_ms": 1e3 * float(np.percentile(latencies, 99)),
+            "n": int(latencies.size)}
+
+
+def main(argv):
+    del argv
+    from finegrain_tf.serving import Client, start_server_process
+    from finegrain_tf.serving.export import read_export_info
+    from finegrain_tf.serving.servable import SessionServable
+
+    workdir = tempfile.mkdtemp(prefix="finegrain-load-")
+    try:
+        export_dir = FLAGS.export_dir or _demo_export(workdir)
+        info = read_export_info(export_dir)
+        model_name = info["model_name"]
+        batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+        images = _images(max(batch_sizes), info["image_size"])
+        results = {}
+        servable = SessionServable(export_dir)
+        server = start_server_process(os.path.dirname(export_dir), model_name,
+                                      extra_flags=[f"--max_batch_size={max(batch_sizes)}",
+                                                   "--file_system_poll_wait_seconds=3600"])
+        try:
+            with Client(server.target, model_name, max_batch_size=0, max_retries=0, timeout=60) as client:
+                for batch in batch_sizes:
+                    payload = np.array(images[:batch], dtype=object)
+                    client.predict({"images": payload}, FLAGS.signature)  # warm both paths
+                    servable.run(FLAGS.signature, {"images": payload})
+                    lat, err, wall = _hammer(lambda: client.predict({"images": payload}, FLAGS.signature),
+                                             FLAGS.clients, FLAGS.seconds)
+                    served = dict(_stats(lat, wall, batch), errors=len(err))
+                    lat, err, wall = _hammer(lambda: servable.run(FLAGS.signature, {"images": payload}),
+                                             FLAGS.clients, FLAGS.seconds)
+                    local = dict(_stats(lat, wall, batch), errors=len(err))
+                    results[batch] = (served, local)
+        finally:
+            server.stop()
+            servable.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\nload test: {FLAGS.clients} clients x {FLAGS.seconds:.0f} s per cell, signature "
+          f"{FLAGS.signature!r}, model {model_name!r} ({info['image_size']} px), loopback gRPC vs in-process")
+    header = f"{'batch':>5} {'metric':>12} {'served':>10} {'in-process':>11} {'ratio':>7}"
+    print(header)
+    print("-" * len(header))
+    for batch, (served, local) in results.items():
+        for key in ("qps", "images_per_s", "p50_ms", "p99_ms"):
+            ratio = served[key] / local[key] if local[key] else float("nan")
+            print(f"{batch:>5} {key:>12} {served[key]:>10.2f} {local[key]:>11.2f} {ratio:>7.2f}")
+        print(f"{batch:>5} {'requests':>12} {served['n']:>10d} {local['n']:>11d}   errors {served['errors']}"
+              f"/{local['errors']}")
+    if 32 in results:
+        served, local = results[32]
+        ratio = served["p50_ms"] / local["p50_ms"]
+        print(f"\ngoal p50(batch 32) served / in-process <= 1.2: {ratio:.2f} -> {'met' if ratio <= 1.2 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    app.run(main)
