@@ -80,13 +80,14 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None, download: b
 
 def read_tfds_labels(name: str, split: str, data_dir: Optional[str] = None, builder=None,
                      progress: bool = True) -> np.ndarray:
-    """All labels of a split in file order (int64 [N]), read in one pass without decoding images."""
-    import tensorflow_datasets as tfds
+    """All labels of a split in file order (int64 [N]), read in one pass without decoding images.
 
+    Uses the same reader and partial decoding as `load_tfds_encoded` (records are read whole from disk
+    either way), so the order is exactly the one the image pipeline sees.
+    """
+    ds, _ = load_tfds_encoded(name, split, data_dir, builder=builder)
+    ds = ds.map(lambda encoded, label: label).batch(4096)
     builder = builder or tfds_builder(name, data_dir)
-    decoders = tfds.decode.PartialDecoding({"label": True})
-    ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
-    ds = ds.map(lambda ex: ex["label"]).batch(4096)
     total = None
     try:
         total = int(builder.info.splits[split].num_examples) or None
