@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                                                          predict_pb2, prediction_service_pb2_grpc)
+                                     predict_pb2, prediction_service_pb2_grpc)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
@@ -31,7 +31,7 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 def _decode_strings(array: np.ndarray) -> np.ndarray:
     if array.dtype == object:
         return np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b,
-                                                otypes=[object])(array) if array.size else array
+                            otypes=[object])(array) if array.size else array
     return array
 
 
@@ -61,8 +61,8 @@ class Client:
     """
 
     def __init__(self, target: str, model_name: str, *, version: int | None = None, timeout: float = 30.0,
-                              max_retries: int = 3, initial_backoff: float = 0.1, max_backoff: float = 2.0,
-                              max_batch_size: int = 32, channel=None, max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_retries: int = 3, initial_backoff: float = 0.1, max_backoff: float = 2.0,
+                 max_batch_size: int = 32, channel=None, max_message_bytes: int = MAX_MESSAGE_BYTES):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if timeout <= 0:
@@ -77,8 +77,8 @@ class Client:
         self.max_batch_size = max_batch_size
         self._own_channel = channel is None
         self.channel = channel or grpc.insecure_channel(
-                target, options=[("grpc.max_send_message_length", max_message_bytes),
-                                                  ("grpc.max_receive_message_length", max_message_bytes)])
+            target, options=[("grpc.max_send_message_length", max_message_bytes),
+                             ("grpc.max_receive_message_length", max_message_bytes)])
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.retries = 0  # total retries performed (for diagnostics)
@@ -122,7 +122,7 @@ class Client:
         return request
 
     def predict(self, inputs: Mapping[str, object], signature_name: str = "serving_default",
-                            output_filter: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                output_filter: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Predict on a signature; inputs {key: array with batch first}; returns {output key: array}.
 
         Inputs larger than `max_batch_size` go as several concurrent requests, concatenated back in order.
@@ -134,7 +134,7 @@ class Client:
         if len(sizes) > 1 and step < n:
             raise ValueError(f"inputs have different batch sizes {sorted(sizes)}; cannot split them")
         requests = [self._request({k: a[i:i + step] if a.ndim else a for k, a in arrays.items()},
-                                                            signature_name, output_filter) for i in range(0, max(n, 1), step)]
+                                  signature_name, output_filter) for i in range(0, max(n, 1), step)]
         if len(requests) == 1:
             responses = [self._call(self.prediction.Predict, requests[0])]
         else:
@@ -189,11 +189,11 @@ class Client:
 
         def describe(infos):
             return {k: (tf.dtypes.as_dtype(v.dtype).name,
-                                    None if v.tensor_shape.unknown_rank else
-                                    [None if d.size < 0 else d.size for d in v.tensor_shape.dim]) for k, v in infos.items()}
+                        None if v.tensor_shape.unknown_rank else
+                        [None if d.size < 0 else d.size for d in v.tensor_shape.dim]) for k, v in infos.items()}
 
         return {name: {"inputs": describe(sig.inputs), "outputs": describe(sig.outputs)}
-                        for name, sig in sig_map.signature_def.items() if not name.startswith("__")}
+                for name, sig in sig_map.signature_def.items() if not name.startswith("__")}
 
     # -- ModelService -----------------------------------------------------------------------------
     def model_status(self) -> list[dict]:
@@ -203,7 +203,7 @@ class Client:
         response = self._call(self.models.GetModelStatus, request)
         states = get_model_status_pb2.ModelVersionStatus.State
         return [{"version": s.version, "state": states.Name(s.state), "error": s.status.error_message}
-                        for s in response.model_version_status]
+                for s in response.model_version_status]
 
     def wait_until_available(self, timeout: float = 60.0, poll: float = 0.2) -> int:
         """Blocks until some version is AVAILABLE; returns it. Raises TimeoutError."""
@@ -217,11 +217,11 @@ class Client:
             except grpc.RpcError as e:
                 last = e
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
-                                                        grpc.StatusCode.DEADLINE_EXCEEDED):
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
             time.sleep(poll)
         raise TimeoutError(f"model {self.model_name!r} not available at {self.target} after {timeout}s"
-                                              + (f" (last error: {last.code().name})" if last else ""))
+                           + (f" (last error: {last.code().name})" if last else ""))
 
     def close(self):
         if self._own_channel:

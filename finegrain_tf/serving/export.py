@@ -83,7 +83,7 @@ def preprocess_tensor(image: tf.Tensor, image_size: int, resize_size: int = 0) -
 
 def _map_images(fn, images, image_size):
     return tf.map_fn(fn, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
-                                      parallel_iterations=16)
+                     parallel_iterations=16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def embedding_model(model):
         layer = model.get_layer("embedding")
     except ValueError:
         raise ValueError(f"model {model.name!r} has no layer named 'embedding' (needed for embed/lookup); "
-                                          f"layers: {[l.name for l in model.layers][-6:]}") from None
+                         f"layers: {[l.name for l in model.layers][-6:]}") from None
     return keras.Model(model.inputs, [model.outputs[0], layer.output], name=f"{model.name}_with_embedding")
 
 
@@ -150,7 +150,7 @@ def _list_folder_images(folder: str) -> list[tuple[str, str]]:
 
 
 def compute_embeddings(model, images: Sequence[bytes], image_size: int, resize_size: int = 0,
-                                              batch_size: int = 32) -> np.ndarray:
+                       batch_size: int = 32) -> np.ndarray:
     """L2-normalised embeddings of encoded images, computed in memory (same preprocessing as serving)."""
     dual = embedding_model(model)
     out = []
@@ -164,7 +164,7 @@ def compute_embeddings(model, images: Sequence[bytes], image_size: int, resize_s
 
 
 def build_gallery(model, source, image_size: int, resize_size: int = 0,
-                                    max_size: int = MAX_GALLERY_SIZE) -> tuple[np.ndarray, list[str]]:
+                  max_size: int = MAX_GALLERY_SIZE) -> tuple[np.ndarray, list[str]]:
     """Gallery (embeddings [N, D] unit rows, ids) from an image folder, a .npz, or an (embeddings, ids) pair.
 
     A .npz holds `embeddings` [N, D] and `ids` [N] (strings). Folder images that cannot be decoded are
@@ -178,7 +178,7 @@ def build_gallery(model, source, image_size: int, resize_size: int = 0,
         with np.load(source, allow_pickle=False) as data:
             if "embeddings" not in data or "ids" not in data:
                 raise ValueError(f"gallery {str(source)!r} must hold arrays 'embeddings' and 'ids', "
-                                                  f"found {sorted(data.keys())}")
+                                 f"found {sorted(data.keys())}")
             embeddings = np.asarray(data["embeddings"], np.float32)
             ids = [i.decode() if isinstance(i, bytes) else str(i) for i in data["ids"].tolist()]
     elif isinstance(source, (str, os.PathLike)):
@@ -189,7 +189,7 @@ def build_gallery(model, source, image_size: int, resize_size: int = 0,
             raise ValueError(f"gallery folder {str(source)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         if len(items) > max_size:
             raise ValueError(f"gallery folder {str(source)!r} holds {len(items)} images, above the limit "
-                                              f"{max_size}; use an external ANN index (see export/README.md)")
+                             f"{max_size}; use an external ANN index (see export/README.md)")
         decode_image, _ = _preprocessing()
         good, skipped = [], 0
         for item_id, path in items:
@@ -214,7 +214,7 @@ def build_gallery(model, source, image_size: int, resize_size: int = 0,
         raise ValueError("gallery is empty")
     if embeddings.shape[0] > max_size:
         raise ValueError(f"gallery of {embeddings.shape[0]} items is above the exact-search limit {max_size}; "
-                                          "serve `embed` and use an external ANN index (see export/README.md)")
+                         "serve `embed` and use an external ANN index (see export/README.md)")
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32), ids
 
@@ -238,13 +238,12 @@ def sample_images(image_size: int, count: int = 2, seed: int = 0) -> list[bytes]
 
 
 def _warmup_inputs(signature: str, image_size: int) -> dict:
+    encoded = sample_images(image_size, 1)
     if signature in TENSOR_SIGNATURES:
-        images = np.stack([tf.io.decode_image(b, channels=3, expand_animations=False).numpy()[:image_size,
-                                                                                                                                                                          :image_size]
-                                              for b in sample_images(image_size, 1)])
+        pixels = tf.io.decode_image(encoded[0], channels=3, expand_animations=False).numpy()
         dtype = np.uint8 if signature == "classify_tensor_uint8" else np.float32
-        return {"images": images.astype(dtype)}
-    return {"images": np.array(sample_images(image_size, 1), dtype=object)}
+        return {"images": pixels[None].astype(dtype)}
+    return {"images": np.array(encoded, dtype=object)}
 
 
 def write_warmup(export_dir: str, model_name: str, signatures: Iterable[str], image_size: int) -> str:
@@ -256,11 +255,11 @@ def write_warmup(export_dir: str, model_name: str, signatures: Iterable[str], im
     with tf.io.TFRecordWriter(path) as writer:
         for name in signatures:
             request = predict_pb2.PredictRequest(
-                    model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
             for key, value in _warmup_inputs(name, image_size).items():
                 request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(
-                    predict_log=prediction_log_pb2.PredictLog(request=request))
+                predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return path
 
@@ -276,8 +275,8 @@ def next_version(model_base: str) -> int:
 
 
 def export_model(model, base_path: str, model_name: str = "finegrain", version: int | None = None, *,
-                                  class_names: Sequence[str], image_size: int, resize_size: int = 0, top_k: int = 5,
-                                  gallery=None, warmup: bool = True, max_gallery_size: int = MAX_GALLERY_SIZE) -> str:
+                 class_names: Sequence[str], image_size: int, resize_size: int = 0, top_k: int = 5,
+                 gallery=None, warmup: bool = True, max_gallery_size: int = MAX_GALLERY_SIZE) -> str:
     """Exports `model` (float32 [None, S, S, 3] in [0, 255] -> logits [None, C]) for TF Serving.
 
     Args:
@@ -330,7 +329,7 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
 
     def classify_tensor(images):
         return _classify_pixels(_map_images(lambda im: preprocess_tensor(im, image_size, resize_size),
-                                                                                images, image_size))
+                                            images, image_size))
 
     def embed(images):
         _, emb = dual(_decode(images), training=False)
@@ -342,9 +341,9 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
     archive.add_endpoint("serving_default", classify, bytes_spec)
     archive.add_endpoint("classify", classify, bytes_spec)
     archive.add_endpoint("classify_tensor", classify_tensor,
-                                              [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+                         [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     archive.add_endpoint("classify_tensor_uint8", classify_tensor,
-                                              [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+                         [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     signatures = ["serving_default", "classify", "classify_tensor", "classify_tensor_uint8"]
     gallery_ids: list[str] = []
     embedding_dim = 0
@@ -358,10 +357,10 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
         gallery_emb, gallery_ids = build_gallery(model, gallery, image_size, resize_size, max_gallery_size)
         if gallery_emb.shape[1] != embedding_dim:
             raise ValueError(f"gallery embeddings have dimension {gallery_emb.shape[1]}, the model's embedding "
-                                              f"has {embedding_dim}")
+                             f"has {embedding_dim}")
         gallery_var = tf.Variable(gallery_emb, trainable=False, name="gallery_embeddings")
         ids_var = tf.Variable(np.array(gallery_ids, dtype=object), trainable=False, dtype=tf.string,
-                                                  name="gallery_ids")
+                              name="gallery_ids")
         k_gal = min(int(top_k), len(gallery_ids))
 
         def lookup(images):
@@ -380,24 +379,24 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
     try:
         staging = tempfile.mkdtemp(prefix="assets-", dir=tmp_dir)
         info = {
-                "model_name": model_name, "version": version, "signatures": signatures,
-                "image_size": image_size, "resize_size": resize_size or _default_resize(image_size),
-                "input": "encoded JPEG/PNG/GIF/BMP bytes (classify_tensor: [H, W, 3] pixels in [0, 255])",
-                "preprocessing": "finegrain_tf.data.preprocessing.decode_image + preprocess_eval (resize the "
-                                                  "shorter side to resize_size, centre crop image_size); float32 in [0, 255]",
-                "top_k": k_cls, "num_classes": num_classes, "embedding_dim": embedding_dim,
-                "gallery_size": len(gallery_ids), "distance": "squared L2 between unit vectors (2 - 2 cos)",
-                "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
+            "model_name": model_name, "version": version, "signatures": signatures,
+            "image_size": image_size, "resize_size": resize_size or _default_resize(image_size),
+            "input": "encoded JPEG/PNG/GIF/BMP bytes (classify_tensor: [H, W, 3] pixels in [0, 255])",
+            "preprocessing": "finegrain_tf.data.preprocessing.decode_image + preprocess_eval (resize the "
+            "shorter side to resize_size, centre crop image_size); float32 in [0, 255]",
+            "top_k": k_cls, "num_classes": num_classes, "embedding_dim": embedding_dim,
+            "gallery_size": len(gallery_ids), "distance": "squared L2 between unit vectors (2 - 2 cos)",
+            "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
         }
         files = {"class_names.txt": "\n".join(map(str, class_names)) + "\n",
-                          "export_info.json": json.dumps(info, indent=2) + "\n"}
+                 "export_info.json": json.dumps(info, indent=2) + "\n"}
         if gallery_ids:
             files["gallery_ids.txt"] = "\n".join(gallery_ids) + "\n"
         for name, text in files.items():
             with open(os.path.join(staging, name), "w") as f:
                 f.write(text)
             setattr(archive._tf_trackable, "asset_" + name.replace(".", "_"),
-                            tf.saved_model.Asset(os.path.join(staging, name)))
+                    tf.saved_model.Asset(os.path.join(staging, name)))
         out_dir = os.path.join(tmp_dir, "model")
         archive.write_out(out_dir, verbose=False)
         if warmup:
@@ -410,13 +409,13 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
 
 
 def export_from_model_dir(model_dir: str, base_path: str, model_name: str | None = None,
-                                                    version: int | None = None, gallery=None, top_k: int | None = None) -> str:
+                          version: int | None = None, gallery=None, top_k: int | None = None) -> str:
     """Exports a training run's model dir (params.yaml, model.keras, class_names.txt); returns the export dir."""
     model, params, class_names = load_model_dir(model_dir)
     return export_model(model, base_path, model_name or params.export.model_name, version,
-                                            class_names=class_names, image_size=params.data.image_size,
-                                            resize_size=params.data.resize_size,
-                                            top_k=top_k if top_k is not None else params.export.top_k, gallery=gallery)
+                        class_names=class_names, image_size=params.data.image_size,
+                        resize_size=params.data.resize_size,
+                        top_k=top_k if top_k is not None else params.export.top_k, gallery=gallery)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -494,7 +493,7 @@ def _compare(name: str, got: dict, want: dict, atol: float) -> float:
                 gaps = np.abs(np.diff(want[score_key], axis=1)) if want[score_key].shape[1] > 1 else None
                 if gaps is None or np.min(gaps) > atol:
                     raise ExportVerificationError(f"{name}/{key}: served {got[key][mismatch][:3]} != "
-                                                                                  f"in-memory {want[key][mismatch][:3]}")
+                                                  f"in-memory {want[key][mismatch][:3]}")
     return worst
 
 
@@ -542,7 +541,7 @@ def verify_export(export_dir: str, model, images: Sequence[bytes] | None = None,
         replayed = servable.warmup()
         if replayed and replayed != len(info["signatures"]):
             raise ExportVerificationError(f"warmup file holds {replayed} requests for "
-                                                                          f"{len(info['signatures'])} signatures")
+                                          f"{len(info['signatures'])} signatures")
     finally:
         servable.close()
     logging.info("verified %s through the session loader: %s", export_dir, report)

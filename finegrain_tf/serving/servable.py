@@ -18,10 +18,10 @@ import tensorflow as tf
 
 # grpc status code names by TF error code (both follow google.rpc.Code).
 _CODE_NAMES = {
-        1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
-        6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
-        10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
-        15: "DATA_LOSS", 16: "UNAUTHENTICATED",
+    1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
+    6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
+    10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
+    15: "DATA_LOSS", 16: "UNAUTHENTICATED",
 }
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -81,7 +81,7 @@ class SessionServable:
         self.version = int(base) if base.isdigit() else 0
         self.graph = tf.Graph()
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=num_threads,
-                                                                           inter_op_parallelism_threads=num_threads)
+                                          inter_op_parallelism_threads=num_threads)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default():
             self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], export_dir)
@@ -94,7 +94,7 @@ class SessionServable:
         name = name or "serving_default"
         if name not in self.signatures:
             raise RequestError("NOT_FOUND", f"signature {name!r} not found; this model serves "
-                                                                         f"{sorted(self.signatures)}")
+                               f"{sorted(self.signatures)}")
         return self.signatures[name]
 
     def validate(self, signature_name: str, inputs: Mapping[str, np.ndarray]):
@@ -106,10 +106,10 @@ class SessionServable:
         extra = sorted(given - expected)
         if missing:
             raise RequestError("INVALID_ARGUMENT", f"signature {signature_name!r}: missing input(s) {missing}; "
-                                                                                    f"expected inputs {sorted(expected)}")
+                               f"expected inputs {sorted(expected)}")
         if extra:
             raise RequestError("INVALID_ARGUMENT", f"signature {signature_name!r}: unknown input(s) {extra}; "
-                                                                                    f"expected inputs {sorted(expected)}")
+                               f"expected inputs {sorted(expected)}")
         batch = None
         for key, info in sig.inputs.items():
             array = inputs[key]
@@ -117,28 +117,28 @@ class SessionServable:
             got = _tf_dtype_of(array)
             if got != want:
                 raise RequestError("INVALID_ARGUMENT", f"input {key!r} of signature {signature_name!r} expects "
-                                                                                        f"dtype {want.name}, got {got.name}")
+                                   f"dtype {want.name}, got {got.name}")
             if not info.tensor_shape.unknown_rank:
                 dims = [d.size for d in info.tensor_shape.dim]
                 if array.ndim != len(dims):
                     shape = [None if d < 0 else d for d in dims]
                     raise RequestError("INVALID_ARGUMENT",
-                                                          f"input {key!r} of signature {signature_name!r} expects rank "
-                                                          f"{len(dims)} (shape {shape}), got rank {array.ndim} "
-                                                          f"(shape {list(array.shape)})")
+                                       f"input {key!r} of signature {signature_name!r} expects rank "
+                                       f"{len(dims)} (shape {shape}), got rank {array.ndim} "
+                                       f"(shape {list(array.shape)})")
                 for axis, (want_dim, got_dim) in enumerate(zip(dims, array.shape)):
                     if want_dim >= 0 and want_dim != got_dim:
                         raise RequestError("INVALID_ARGUMENT",
-                                                              f"input {key!r} of signature {signature_name!r}: dimension "
-                                                              f"{axis} must be {want_dim}, got {got_dim}")
+                                           f"input {key!r} of signature {signature_name!r}: dimension "
+                                           f"{axis} must be {want_dim}, got {got_dim}")
             if array.ndim:
                 if batch is not None and array.shape[0] != batch:
                     raise RequestError("INVALID_ARGUMENT", f"inputs disagree on the batch size: {batch} vs "
-                                                                                            f"{array.shape[0]} for {key!r}")
+                                       f"{array.shape[0]} for {key!r}")
                 batch = array.shape[0]
         if batch is not None and self.max_batch_size and batch > self.max_batch_size:
             raise RequestError("INVALID_ARGUMENT", f"batch size {batch} exceeds the maximum batch size "
-                                                                                    f"{self.max_batch_size} of this server")
+                               f"{self.max_batch_size} of this server")
         if batch == 0:
             raise RequestError("INVALID_ARGUMENT", "empty batch: send at least one example")
 
@@ -154,7 +154,7 @@ class SessionServable:
         unknown = sorted(set(keys) - set(sig.outputs))
         if unknown:
             raise RequestError("INVALID_ARGUMENT", f"output_filter names unknown output(s) {unknown}; "
-                                                                                    f"signature {signature_name!r} has {sorted(sig.outputs)}")
+                               f"signature {signature_name!r} has {sorted(sig.outputs)}")
         fetches = {k: sig.outputs[k].name for k in keys}
         feed = {sig.inputs[k].name: a for k, a in arrays.items()}
         try:
@@ -196,6 +196,6 @@ def read_warmup_requests(export_dir: str) -> list:
         log = prediction_log_pb2.PredictionLog.FromString(record)
         if log.WhichOneof("log_type") != "predict_log":
             raise ValueError(f"{path}: only predict_log warmup records are supported, got "
-                                              f"{log.WhichOneof('log_type')!r}")
+                             f"{log.WhichOneof('log_type')!r}")
         requests.append(log.predict_log.request)
     return requests

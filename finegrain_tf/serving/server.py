@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                                                          prediction_service_pb2_grpc, predict_pb2)
+                                     prediction_service_pb2_grpc, predict_pb2)
 
 from finegrain_tf.serving.servable import RequestError, SessionServable
 
@@ -43,7 +43,7 @@ _State = get_model_status_pb2.ModelVersionStatus.State
 
 def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES):
     return [("grpc.max_send_message_length", max_message_bytes),
-                    ("grpc.max_receive_message_length", max_message_bytes)]
+            ("grpc.max_receive_message_length", max_message_bytes)]
 
 
 class _Loaded:
@@ -59,7 +59,7 @@ class ModelManager:
     """Latest-version loading and hot swap for one model directory (`<base>/<model_name>`)."""
 
     def __init__(self, model_name: str, model_base_path: str, max_batch_size: int = 0,
-                              enable_warmup: bool = True, num_threads: int = 0):
+                 enable_warmup: bool = True, num_threads: int = 0):
         self.model_name = model_name
         self.model_base_path = model_base_path
         self.max_batch_size = max_batch_size
@@ -74,7 +74,7 @@ class ModelManager:
         if not os.path.isdir(self.model_base_path):
             return []
         return sorted(int(d) for d in os.listdir(self.model_base_path)
-                                    if d.isdigit() and os.path.exists(os.path.join(self.model_base_path, d, "saved_model.pb")))
+                      if d.isdigit() and os.path.exists(os.path.join(self.model_base_path, d, "saved_model.pb")))
 
     @property
     def current_version(self) -> int | None:
@@ -123,15 +123,15 @@ class ModelManager:
         """Yields the servable for a request; the version stays loaded until the block exits."""
         if model_name != self.model_name:
             raise RequestError("NOT_FOUND", f"model {model_name!r} not found; this server serves "
-                                                                    f"{self.model_name!r}")
+                               f"{self.model_name!r}")
         with self._lock:
             loaded = self._current
             if loaded is None:
                 raise RequestError("NOT_FOUND", f"no version of model {model_name!r} is loaded yet "
-                                                                        f"(looking in {self.model_base_path})")
+                                   f"(looking in {self.model_base_path})")
             if version and version != loaded.servable.version:
                 raise RequestError("NOT_FOUND", f"version {version} of model {model_name!r} is not available; "
-                                                                        f"serving version {loaded.servable.version}")
+                                   f"serving version {loaded.servable.version}")
             loaded.inflight += 1
         try:
             yield loaded.servable
@@ -189,11 +189,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             fields = list(request.metadata_field)
             if not fields:
                 raise RequestError("INVALID_ARGUMENT", "GetModelMetadataRequest must name at least one "
-                                                                                        "metadata_field (\"signature_def\")")
+                                   "metadata_field (\"signature_def\")")
             unknown = [f for f in fields if f != "signature_def"]
             if unknown:
                 raise RequestError("INVALID_ARGUMENT", f"unsupported metadata_field {unknown}; only "
-                                                                                        "\"signature_def\" is available")
+                                   "\"signature_def\" is available")
             version = request.model_spec.version.value if request.model_spec.HasField("version") else None
             with self.manager.acquire(request.model_spec.name, version) as servable:
                 sig_map = get_model_metadata_pb2.SignatureDefMap()
@@ -217,7 +217,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         name = request.model_spec.name
         if name != self.manager.model_name:
             _abort(context, RequestError("NOT_FOUND", f"model {name!r} not found; this server serves "
-                                                                                        f"{self.manager.model_name!r}"))
+                                         f"{self.manager.model_name!r}"))
         wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
         statuses = [s for s in self.manager.status() if wanted is None or s[0] == wanted]
         if not statuses:
@@ -247,17 +247,17 @@ class DevModelServer:
     """
 
     def __init__(self, model_name: str, model_base_path: str, port: int = 0, host: str = "127.0.0.1",
-                              max_batch_size: int = 64, poll_wait_seconds: float = 1.0, enable_warmup: bool = True,
-                              max_workers: int = 8, num_threads: int = 0, max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_batch_size: int = 64, poll_wait_seconds: float = 1.0, enable_warmup: bool = True,
+                 max_workers: int = 8, num_threads: int = 0, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.manager = ModelManager(model_name, model_base_path, max_batch_size, enable_warmup, num_threads)
         self.host = host
         self.requested_port = port
         self.port = None
         self.poll_wait_seconds = poll_wait_seconds
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                                              options=grpc_options(max_message_bytes))
+                                   options=grpc_options(max_message_bytes))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager),
-                                                                                                                                              self._server)
+                                                                            self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self._server)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
@@ -338,7 +338,7 @@ class ServerProcess:
 
 
 def start_server_process(model_base_path: str, model_name: str, port: int = 0, host: str = "127.0.0.1",
-                                                  extra_flags=(), timeout: float = 180.0, env=None) -> ServerProcess:
+                         extra_flags=(), timeout: float = 180.0, env=None) -> ServerProcess:
     """Starts `finegrain-serve` (`python -m finegrain_tf.serving.server_main`) and waits until the model
     is AVAILABLE. `model_base_path` is `<base>/<model_name>` (as for tensorflow_model_server)."""
     from finegrain_tf.serving.client import Client
@@ -347,8 +347,8 @@ def start_server_process(model_base_path: str, model_name: str, port: int = 0, h
     port_file = os.path.join(workdir, "port")
     log_path = os.path.join(workdir, "server.log")
     cmd = [sys.executable, "-m", "finegrain_tf.serving.server_main", f"--port={port}", f"--host={host}",
-                  f"--model_name={model_name}", f"--model_base_path={model_base_path}", f"--port_file={port_file}",
-                  *extra_flags]
+           f"--model_name={model_name}", f"--model_base_path={model_base_path}", f"--port_file={port_file}",
+           *extra_flags]
     env = dict(os.environ if env is None else env)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log = open(log_path, "w")
