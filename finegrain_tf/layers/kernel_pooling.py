@@ -15,8 +15,9 @@ of L2-normalised features up to order p (eq 3.11). The pooled feature is the ave
 locations (Table 3.1), followed by the signed square root and L2 normalisation of §3.3.1.
 
 Implementation notes (what makes this fast and servable):
-  * Count sketches are sparse matrix products (`tf.sparse.sparse_dense_matmul`, a stock op): all the
-    sketches of all orders are fused into one sparse [sum_t d_t, c] matrix and computed in one call.
+  * Count sketches are sparse: all the sketches of all orders are fused into one
+    `tf.math.unsorted_segment_sum` (a stock op that also compiles with XLA); a dense [c, d] ±1
+    matrix would cost 2 c d flops per location instead of c.
   * FFTs are real (`rfft`/`irfft`), batched over all locations and sketches at once, in
     float32/complex64 whatever the Keras dtype policy.
   * The inverse FFT is linear, so the average over locations is taken in the frequency domain and
@@ -153,20 +154,11 @@ def _fused_sketch_matrix(hashes, signs, dims) -> tf.sparse.SparseTensor:
     return tf.sparse.SparseTensor(indices, tf.concat(values, 0), [offset, c])
 
 
-def count_sketch(x, hashes, signs, dims, method: str = "sparse"):
-    """Count sketches C_t(x) (eq 3.8) of x [N, c] for every group: a list of [N, m_g, d_g] float32.
-
-    method: "sparse" (one fused sparse matmul; the default everywhere), "segment_sum"
-    (`tf.math.unsorted_segment_sum`) or "dense" (a dense ±1 matrix; benchmark baseline only).
-    """
-    x = tf.cast(x, tf.float32)
+def _sketch_rows(x, hashes, signs, dims, method: str):
+    """All count sketches of x [N, c] as rows: float32 [sum_g m_g d_g, N] (no transposed copy)."""
     shapes = [(int(h.shape[0]), int(d)) for h, d in zip(hashes, dims)]
     total = sum(m * d for m, d in shapes)
-    if method == "sparse":
-        sk = _fused_sketch_matrix(hashes, signs, dims)
-        # [total, c] @ x^T -> [total, N]; the transposed form avoids materialising x^T.
-        y = tf.transpose(tf.sparse.sparse_dense_matmul(sk, x, adjoint_b=True))
-    elif method == "segment_sum":
+    if method == "segment_sum":
         segs, chans, vals = [], [], []
         offset = 0
         for h, s, (m, d) in zip(hashes, signs, shapes):
@@ -176,44 +168,122 @@ def count_sketch(x, hashes, signs, dims, method: str = "sparse"):
             vals.append(tf.reshape(tf.cast(s, tf.float32), [-1]))
             offset += m * d
         data = tf.gather(tf.transpose(x), tf.concat(chans, 0)) * tf.concat(vals, 0)[:, None]
-        y = tf.transpose(tf.math.unsorted_segment_sum(data, tf.concat(segs, 0), total))
-    elif method == "dense":
-        y = tf.matmul(x, tf.sparse.to_dense(tf.sparse.reorder(
-            tf.sparse.transpose(_fused_sketch_matrix(hashes, signs, dims)))))
-    else:
-        raise ValueError(f"unknown count sketch method {method!r}")
+        return tf.math.unsorted_segment_sum(data, tf.concat(segs, 0), total)
+    if method == "sparse":
+        return tf.sparse.sparse_dense_matmul(_fused_sketch_matrix(hashes, signs, dims), x,
+                                             adjoint_b=True)
+    if method == "dense":
+        dense = tf.sparse.to_dense(tf.sparse.reorder(_fused_sketch_matrix(hashes, signs, dims)))
+        return tf.matmul(dense, x, transpose_b=True)
+    raise ValueError(f"unknown count sketch method {method!r}")
+
+
+def _count_sketch_major(x, hashes, signs, dims, method: str):
+    """Per group [m_g, N, d_g]: sketch-major, so that slicing one sketch is contiguous."""
+    rows = _sketch_rows(tf.cast(x, tf.float32), hashes, signs, dims, method)
     out, start = [], 0
-    for m, d in shapes:
-        out.append(tf.reshape(y[:, start:start + m * d], [-1, m, d]))
+    for h, d in zip(hashes, dims):
+        m, d = int(h.shape[0]), int(d)
+        block = tf.reshape(rows[start:start + m * d], [m, d, -1])
+        out.append(tf.transpose(block, [0, 2, 1]))
         start += m * d
     return out
 
 
-def pooled_tensor_sketches(x, hashes, signs, dims, orders, method: str = "sparse"):
+def count_sketch(x, hashes, signs, dims, method: str = "segment_sum"):
+    """Count sketches C_t(x) (eq 3.8) of x [N, c] for every group: a list of [N, m_g, d_g] float32.
+
+    method: "segment_sum" (one fused `tf.math.unsorted_segment_sum` over all sketches; the default
+    everywhere: as fast as a sparse matmul on CPU and, unlike it, compiles with XLA, which Keras
+    enables by default in `fit` on GPUs), "sparse" (one fused `tf.sparse.sparse_dense_matmul`) or
+    "dense" (a dense ±1 matrix; benchmark baseline only).
+    """
+    return [tf.transpose(sk, [1, 0, 2])
+            for sk in _count_sketch_major(x, hashes, signs, dims, method)]
+
+
+def _pooled_chain(sk, batch, locations, dim: int, wanted: Sequence[int]):
+    """mean_l irfft(prod_{t<=k} rfft(sk_t)) for k in `wanted`, with a hand-written gradient.
+
+    sk: [m, N, d] sketches (N = batch * locations). Returns [n, B, d] for the n wanted orders.
+    Backward pass, for the incoming gradient g [n, B, d] (TF's conjugate convention):
+      G_k = rfft(g_k) / L: the adjoint of irfft (rfft(g) * [1, 2, .., 2, 1] / d), of the mean over
+        the L locations and of rfft (d * irfft(. * [1, 1/2, .., 1/2, 1])) combined, whose
+        frequency weights cancel exactly;
+      R_m = G_m, R_t = [t wanted] G_t + conj(F_{t+1}) R_{t+1};  dF_t = conj(P_{t-1}) R_t with the
+        prefix products P_t = F_1 ... F_t (no division, so zeros in a spectrum are harmless);
+      d sk_t = irfft(dF_t).
+    It avoids the broadcast of the pooled gradient to every location and the extra full-size terms
+    of TF's generic RFFT gradient.
+    """
+    m = int(sk.shape[0])
+    freqs = dim // 2 + 1
+    wanted = sorted(wanted)
+
+    @tf.custom_gradient
+    def chain(sk):
+        spectra = tf.reshape(tf.signal.rfft(sk), [m, batch, locations, freqs])  # [m, B, L, F]
+        f = tf.unstack(spectra, axis=0)
+        prefix = [f[0]]
+        for t in range(1, m):
+            prefix.append(prefix[-1] * f[t])  # P <- P o FFT(C_{t+1}(x)) (Algorithm 1, line 5)
+        pooled = tf.stack([tf.reduce_mean(prefix[k - 1], 1) for k in wanted], 0)  # [n, B, F]
+        out = tf.signal.irfft(pooled, fft_length=[dim])
+
+        def grad(g):
+            big = tf.signal.rfft(g) / tf.cast(locations, tf.complex64)  # [n, B, F]
+            per_order = dict(zip(wanted, tf.unstack(big[:, :, None, :], axis=0)))
+            d_spectra = [None] * m
+            r = None
+            for t in range(m, 0, -1):  # t = m .. 1 (1-based orders / sketches)
+                if t in per_order:
+                    r = per_order[t] if r is None else r + per_order[t]
+                if r is None:  # no wanted order >= t (cannot happen for t <= max(wanted))
+                    d_spectra[t - 1] = tf.zeros_like(f[0])
+                    continue
+                if t > 1:
+                    d_spectra[t - 1] = r * tf.math.conj(prefix[t - 2])
+                    r = r * tf.math.conj(f[t - 1])
+                else:
+                    d_spectra[0] = tf.broadcast_to(r, tf.shape(f[0]))
+            d = tf.reshape(tf.stack(d_spectra, 0), [m, -1, freqs])
+            return tf.signal.irfft(d, fft_length=[dim])
+
+        return out, grad
+
+    return chain(sk)
+
+
+def _pooled_chain_autodiff(sk, batch, locations, dim: int, wanted: Sequence[int]):
+    """Same as `_pooled_chain` with TF's generic gradients (reference for tests and benchmarks)."""
+    m = int(sk.shape[0])
+    spectra = tf.reshape(tf.signal.rfft(sk), [m, batch, locations, dim // 2 + 1])
+    prefix = [spectra[0]]
+    for t in range(1, m):
+        prefix.append(prefix[-1] * spectra[t])
+    pooled = tf.stack([tf.reduce_mean(prefix[k - 1], 1) for k in sorted(wanted)], 0)
+    return tf.signal.irfft(pooled, fft_length=[dim])
+
+
+def pooled_tensor_sketches(x, hashes, signs, dims, orders, method: str = "segment_sum",
+                           custom_gradient: bool = True):
     """Location-averaged tensor sketches (eq 3.9) of x [B, L, c] for the requested orders.
 
     `orders[g]` lists the orders k >= 2 computed with group g (dimension dims[g]); group g must hold
-    at least max(orders[g]) sketches. Returns, in the order given, a list of float32 [B, d_g] tensors
-    mean_l TS_k(x_l) = irfft(mean_l prod_{t<=k} rfft(C_t(x_l))) (the IFFT is linear, so the average
-    over locations is taken in the frequency domain).
+    at least max(orders[g]) sketches. Returns, group by group and in increasing order within a
+    group, a list of float32 [B, d_g] tensors mean_l TS_k(x_l) = irfft(mean_l prod_{t<=k}
+    rfft(C_t(x_l))) (the IFFT is linear, so the average over locations is taken in the frequency
+    domain: one inverse FFT per image and order instead of one per location).
     """
     x = tf.cast(x, tf.float32)
     c = x.shape[-1]
     batch, locations = tf.shape(x)[0], tf.shape(x)[1]
-    sketches = count_sketch(tf.reshape(x, [-1, c]), hashes, signs, dims, method)
+    sketches = _count_sketch_major(tf.reshape(x, [-1, c]), hashes, signs, dims, method)
+    chain = _pooled_chain if custom_gradient else _pooled_chain_autodiff
     results = []
     for sk, dim, group_orders in zip(sketches, dims, orders):
-        spectra = tf.signal.rfft(sk)  # [N, m, d // 2 + 1] complex64, all locations and sketches at once
-        product = spectra[:, 0]
-        wanted = []
-        for t in range(1, max(group_orders)):
-            product = product * spectra[:, t]  # P <- P o FFT(C_{t+1}(x)) (Algorithm 1, line 5)
-            if t + 1 in group_orders:
-                wanted.append(product)
-        stacked = tf.stack(wanted, 1)  # [N, n, F]
-        stacked = tf.reshape(stacked, [batch, locations, len(wanted), dim // 2 + 1])
-        pooled = tf.signal.irfft(tf.reduce_mean(stacked, 1), fft_length=[dim])  # [B, n, d]
-        results.extend(tf.unstack(pooled, axis=1))
+        sk = sk[:max(group_orders)]
+        results.extend(tf.unstack(chain(sk, batch, locations, int(dim), group_orders), axis=0))
     return results
 
 

@@ -317,6 +317,45 @@ def test_gradients_match_finite_differences_of_reference():
     np.testing.assert_allclose(galpha.numpy(), num_a, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("dims,orders", [([8], [[2, 3, 4]]), ([5, 7], [[2, 4], [3]]), ([6], [[3]])])
+def test_hand_written_gradient_equals_autodiff(dims, orders):
+    groups = [max(o) for o in orders]
+    drawn = kp.draw_count_sketch_hashes(2, 6, dims, groups)
+    hashes, signs = [h for h, _ in drawn], [s for _, s in drawn]
+    x = tf.constant(RNG.randn(3, 4, 6).astype(np.float32))
+    weights = [tf.constant(RNG.randn(3, d).astype(np.float32)) for d, o in zip(dims, orders) for _ in o]
+    grads, values = [], []
+    for custom in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outs = kp.pooled_tensor_sketches(x, hashes, signs, dims, orders, custom_gradient=custom)
+            loss = sum(tf.reduce_sum(o * w) for o, w in zip(outs, weights))
+        grads.append(tape.gradient(loss, x).numpy())
+        values.append([o.numpy() for o in outs])
+    for a, b in zip(*values):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    assert np.any(grads[0] != 0)
+
+
+def test_xla_compiles_and_matches():
+    layer = KernelPooling(order=3, dims=[8, 6], gamma=0.5, seed=1)
+    x = tf.constant(X_MAPS)
+    eager = layer(x).numpy()
+
+    @tf.function(jit_compile=True)
+    def step(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = layer(v)
+            loss = tf.reduce_sum(y[:, 3:] ** 2)
+        return y, tape.gradient(loss, [v, layer.alpha])
+
+    y, (gx, ga) = step(x)
+    np.testing.assert_allclose(y.numpy(), eager, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(gx.numpy())) and np.all(np.isfinite(ga.numpy()))
+
+
 @pytest.mark.parametrize("layer_fn", [lambda: CompactBilinearPooling(dim=8),
                                       lambda: BilinearPooling()])
 def test_baseline_gradients_finite(layer_fn):
