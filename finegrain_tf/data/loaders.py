@@ -61,7 +61,14 @@ def load_tfds_encoded(name: str, split: str, data_dir: Optional[str] = None, dow
     builder = builder or tfds_builder(name, data_dir, download)
     decoders = tfds.decode.PartialDecoding({"image": True, "label": True},
                                            decoders={"image": tfds.decode.SkipDecoding()})
-    ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
+    try:
+        ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
+    except AssertionError as e:  # tfds: "could not find data in ..."
+        raise ValueError(f"tfds dataset {name!r} is not prepared in data_dir={builder.data_dir!r}: run "
+                         f"`tfds build {name} --data_dir=<dir>` (or load_tfds(..., download=True)) "
+                         f"first ({e})") from None
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"tfds dataset {name!r}: bad split {split!r} ({e})") from None
     ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds, tfds_class_names(builder)

@@ -267,6 +267,11 @@ def _validate(data_cfg) -> None:
         raise ValueError(f"data.shuffle_buffer must be >= 1, got {data_cfg.shuffle_buffer!r}")
 
 
+def clear_cache() -> None:
+    """Forgets the cached indices (e.g. after files in an image folder changed)."""
+    _cached_index.cache_clear()
+
+
 def build_index(data_cfg) -> _Index:
     """The (cached) label index of a data config: class names, kept positions and labels per split."""
     _validate(data_cfg)

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+MAX_ROTATION_DEG = 40.0  # in-plane pose range (+-); shapes have >= 3-fold symmetry except the oval
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 # Coarse cue: the base shape family of a super-class.
@@ -240,7 +241,7 @@ def _render(rng: np.random.Generator, attr: dict, size: int) -> np.ndarray:
     # Object pose: scale, position, rotation.
     r = rng.uniform(0.5, 0.8)
     cx, cy = rng.uniform(-(1.0 - r), 1.0 - r, size=2)
-    theta = rng.uniform(0, 2 * np.pi)
+    theta = np.deg2rad(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     dx, dy = (u - cx) / r, (v - cy) / r
     ct, st = math.cos(theta), math.sin(theta)
     xo, yo = ct * dx + st * dy, -st * dx + ct * dy

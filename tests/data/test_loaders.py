@@ -104,3 +104,8 @@ def test_image_folder_errors(tmp_path):
     (empty / "cls" / "b.jpg").write_text("x")
     with pytest.raises(ValueError, match="all 1 images are corrupt"):
         loaders.load_image_folder(str(empty))
+
+
+def test_tfds_not_prepared_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"'cifar10' is not prepared.*tfds build"):
+        loaders.load_tfds("cifar10", "train", data_dir=str(tmp_path))
