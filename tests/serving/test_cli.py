@@ -21,20 +21,26 @@ def test_export_serve_predict_sigterm(model_dir, gallery_folder, tmp_path):
     from finegrain_tf.serving import Client, start_server_process
 
     base = str(tmp_path / "exports")
-    done = _run(["finegrain_tf.serving.export_main", f"--model_dir={model_dir}", f"--export_base={base}",
-                 f"--gallery={gallery_folder}", "--version=3"])
-    assert done.returncode == 0, done.stderr[-2000:]
-    export_dir = os.path.join(base, MODEL_NAME, "3")
-    assert done.stdout.strip().splitlines()[-1] == export_dir
-    assert "verified" in done.stderr
-
+    os.makedirs(os.path.join(base, MODEL_NAME))
     images = []
     for i, data in enumerate(random_images(2, seed=9)):
         path = tmp_path / f"q{i}.png"
         path.write_bytes(data)
         images.append(str(path))
-    server = start_server_process(os.path.join(base, MODEL_NAME), MODEL_NAME)
+    # The server starts on an empty model dir and picks up the version the exporter renames into place.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    exporter = subprocess.Popen([sys.executable, "-m", "finegrain_tf.serving.export_main", f"--model_dir={model_dir}",
+                                 f"--export_base={base}", f"--gallery={gallery_folder}", "--version=3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
+        server = start_server_process(os.path.join(base, MODEL_NAME), MODEL_NAME, timeout=300)
+    finally:
+        stdout, stderr = exporter.communicate(timeout=300)
+    try:
+        assert exporter.returncode == 0, stderr[-2000:]
+        export_dir = os.path.join(base, MODEL_NAME, "3")
+        assert stdout.strip().splitlines()[-1] == export_dir
+        assert "verified" in stderr
         with Client(server.target, MODEL_NAME) as client:
             assert client.model_status()[0] == {"version": 3, "state": "AVAILABLE", "error": ""}
             expected = client.classify([open(p, "rb").read() for p in images])

@@ -122,3 +122,42 @@ def test_project_layers_export_and_load_through_session_loader(tmp_path):
     assert {"KernelPooling", "AnchorSoftVote"} <= kinds
     report = export.verify_export(export_dir, reloaded, images=random_images(2, fmt="mixed"))
     assert set(report) >= {"classify", "classify_tensor", "embed"} and max(report.values()) < 1e-4
+
+
+def test_gallery_from_npz_and_limits(tmp_path, exported):
+    from finegrain_tf.serving import export
+
+    _, _, model = exported
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(5, 8)).astype(np.float32)
+    path = str(tmp_path / "g.npz")
+    np.savez(path, embeddings=emb, ids=np.array([f"item{i}" for i in range(5)]))
+    got, ids = export.build_gallery(model, path, IMAGE_SIZE, RESIZE_SIZE)
+    assert ids == [f"item{i}" for i in range(5)]
+    np.testing.assert_allclose(got, emb / np.linalg.norm(emb, axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(ValueError, match="exact-search limit 4"):
+        export.build_gallery(model, path, IMAGE_SIZE, RESIZE_SIZE, max_size=4)
+    np.savez(str(tmp_path / "bad.npz"), vectors=emb)
+    with pytest.raises(ValueError, match="'embeddings' and 'ids'"):
+        export.build_gallery(model, str(tmp_path / "bad.npz"), IMAGE_SIZE, RESIZE_SIZE)
+    with pytest.raises(ValueError, match="3 ids"):
+        export.build_gallery(model, (emb, ["a", "b", "c"]), IMAGE_SIZE, RESIZE_SIZE)
+    with pytest.raises(ValueError, match="image folder or a .npz"):
+        export.build_gallery(model, str(tmp_path / "missing"), IMAGE_SIZE, RESIZE_SIZE)
+
+
+def test_export_bad_inputs(tmp_path, exported, model_dir):
+    from finegrain_tf.serving import export
+
+    export_dir, base, model = exported
+    with pytest.raises(ValueError, match="2 class names for a model with 5 outputs"):
+        export.export_model(model, str(tmp_path), class_names=["a", "b"], image_size=IMAGE_SIZE)
+    with pytest.raises(ValueError, match="image_size=32"):
+        export.export_model(model, str(tmp_path), class_names=CLASS_NAMES, image_size=32)
+    with pytest.raises(ValueError, match="already exists"):
+        export.export_model(model, base, MODEL_NAME, 1, class_names=CLASS_NAMES, image_size=IMAGE_SIZE)
+    with pytest.raises(ValueError, match="no params.yaml"):
+        export.export_from_model_dir(str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="top_k"):
+        export.export_model(model, str(tmp_path), class_names=CLASS_NAMES, image_size=IMAGE_SIZE, top_k=0)
+    assert export.next_version(os.path.join(base, MODEL_NAME)) >= 2
