@@ -50,7 +50,7 @@ class KernelPoolingConfig:
     order: int = 4
     dims: int = 4096
     coefficients: str = "learned"  # "learned", "rbf" or comma-separated alphas
-    gamma: float = 0.0  # 0 = estimate from backbone features
+    gamma: float = 0.0  # 0 = estimate from backbone features (with model.logistic_init), else 1.0
     normalize: bool = True
 
 
@@ -65,6 +65,8 @@ class ModelConfig:
     dropout: float = 0.0
     bias_init: str = "zeros"  # "zeros" or "prior" (b = -log((1 - pi) / pi), pi = 1/C; for sigmoid/focal)
     flip_test: bool = False  # average predictions over the image and its horizontal flip
+    logistic_init: bool = False  # init the classifier by logistic regression on frozen features
+    logistic_init_batches: int = 20  # train batches used for that fit (and for kernel gamma)
 
 
 @dataclasses.dataclass

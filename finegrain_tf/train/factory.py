@@ -7,15 +7,13 @@ import numpy as np
 import tensorflow as tf
 
 from finegrain_tf import losses
-from finegrain_tf.models.heads import build_classifier
+from finegrain_tf.models.heads import build_classifier, classifier_kwargs_from_config
 from finegrain_tf.train.config import ExperimentConfig
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> keras.Model:
-    m = cfg.model
-    return build_classifier(m.backbone, pooling=m.pooling, num_classes=num_classes,
-                            input_size=cfg.data.image_size, weights=m.weights or None,
-                            embedding_dim=m.embedding_dim, dropout=m.dropout,
-                            bias_init=m.bias_init)
+    return build_classifier(cfg.model.backbone, num_classes=num_classes,
+                            input_size=cfg.data.image_size,
+                            **classifier_kwargs_from_config(cfg.model))
 
 
 def _softmax_loss(num_classes: int, label_smoothing: float):

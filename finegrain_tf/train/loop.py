@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from finegrain_tf.data.pipeline import build_datasets
+from finegrain_tf.models.heads import init_classifier_by_logistic_regression
 from finegrain_tf.models.initializers import configure_weight_decay
 from finegrain_tf.train import evaluation
 from finegrain_tf.train.config import ExperimentConfig, save_params
@@ -73,7 +74,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     if global_batch % strategy.num_replicas_in_sync:
         raise ValueError(f"data.batch_size={global_batch} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
-    _, eval_ds, info = build_datasets(cfg.data)
+    train_ds, eval_ds, info = build_datasets(cfg.data)
     train_dist = strategy.distribute_datasets_from_function(
         lambda ctx: build_datasets(cfg.data, global_batch_size=global_batch, input_context=ctx)[0])
 
@@ -101,6 +102,12 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step.numpy()))
     resumed_from = int(step.numpy())
+    if resumed_from == 0 and cfg.model.logistic_init:
+        # §3.3.1: kernel gamma from backbone features, then the classifier from a logistic regression
+        # on the pooled features of the frozen backbone (augmented train batches).
+        fit = init_classifier_by_logistic_regression(model, train_ds,
+                                                     steps=cfg.model.logistic_init_batches)
+        logging.info("classifier initialised by logistic regression: %s", fit)
 
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
