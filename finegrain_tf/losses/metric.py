@@ -21,9 +21,9 @@ zero-safe square root so the gradient stays finite for coincident embeddings) an
 Deviation from tfa, by design: a batch without any valid triplet (no positive pair, or one class only)
 gives 0 and zero gradients (tfa returns NaN for the former and m + mean D_ap for the latter).
 
-No mode builds a B x B x B tensor: "all"/"violating" count triplets with one sort per row and
-`tf.searchsorted`, semi_hard picks its negative by a binary search in the row's sorted negatives, so
-mining is O(B^2 log B) time and O(B^2) memory.
+No mode builds a B x B x B tensor: "all"/"violating" count triplets and semi_hard ranks each positive
+among the negatives with one sort per row (cumulative counts over the sorted row), so mining is
+O(B^2 log B) time and O(B^2) memory.
 
 `TripletMarginLoss` is eq 2.1 on explicitly sampled triplets (y_pred [B, 3, D] = anchor, positive,
 negative), the loss used with the quasi-online sampler of `finegrain_tf.sampling`.
@@ -102,62 +102,80 @@ def _masked_min(d, mask, fallback):
     return tf.where(tf.reduce_any(mask, axis=1), out, fallback)
 
 
-def _sorted_masked(d, mask):
-    """Per row, column indices of the masked entries sorted by distance (unmasked ones last).
+def _row_sort(values, flags):
+    """Per row, the column order sorting `values` (>= 0) ascending, ties broken by `flags` ascending.
 
-    Returns (order [B, B] int32, sorted values [B, B] with +big for unmasked, count [B] int32).
+    One int64 sort per row: the float32 bit pattern (monotonic for non-negative floats) times 4 plus
+    the flag (0..3). Returns int32 order [B, B].
     """
-    big = tf.constant(3.0e38, d.dtype)
-    keyed = tf.where(mask, tf.stop_gradient(d), big)
-    order = tf.argsort(keyed, axis=1, stable=True)
-    values = tf.gather(keyed, order, batch_dims=1)
-    return order, values, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Mining: each returns (per-anchor loss sums [B], normalizer scalar); the loss is sum / normalizer.
+    # abs() maps a possible -0.0 to +0.0 (its sign bit would sort it first).
+    bits = tf.cast(tf.bitcast(tf.abs(tf.stop_gradient(values)), tf.int32), tf.int64)
+    key = bits * 4 + tf.cast(flags, tf.int64)
+    return tf.argsort(key, axis=1, stable=True)
 
 
 def _all_or_violating(d, pos, neg, margin, mining):
     """Sums of eq 2.1 over all valid triplets per anchor, without a B^3 tensor.
 
-    For anchor a with t_ap = D_ap + m, the triplet (a, p, n) violates iff D_an < t_ap, and
-    sum_{p,n} max(t_ap - D_an, 0) = sum_p cnt_ap * t_ap - sum_n c_an * D_an, with cnt_ap = #{n: D_an < t_ap}
-    and c_an = #{p: t_ap > D_an}. Both counts come from binary searches with the same comparison, so
-    they agree exactly; the expression is linear in D given the counts, hence gives the exact gradient.
+    With t_ap = D_ap + m, the triplet (a, p, n) violates iff D_an < t_ap, and
+    sum_{p,n} max(t_ap - D_an, 0) = sum_p cnt_ap * t_ap - sum_n c_an * D_an, where cnt_ap = #{n: D_an < t_ap}
+    and c_an = #{p: t_ap > D_an}. Both counts come from one sort per row of the values t_ap (positives)
+    and D_an (negatives), ties putting t before D so both counts use the same strict comparison; the
+    expression is linear in D given the counts, hence its gradient is exact.
     """
-    t = d + margin
-    _, neg_sorted, _ = _sorted_masked(d, neg)
-    _, t_sorted, pos_count = _sorted_masked(t, pos)
-    # cnt_ap: negatives strictly closer than t_ap.
-    cnt = tf.searchsorted(neg_sorted, tf.stop_gradient(t), side="left", out_type=tf.int32)
-    cnt = tf.where(pos, cnt, 0)
-    # c_an: positives with t_ap > D_an = P_a - #{t_ap <= D_an}.
-    le = tf.searchsorted(t_sorted, tf.stop_gradient(d), side="right", out_type=tf.int32)
-    c = tf.where(neg, pos_count[:, None] - le, 0)
-    cnt_f = tf.cast(cnt, d.dtype)
-    c_f = tf.cast(c, d.dtype)
-    per_anchor = tf.reduce_sum(cnt_f * t, axis=1) - tf.reduce_sum(c_f * d, axis=1)
+    big = tf.constant(3.0e38, d.dtype)
+    values = tf.where(pos, d + margin, tf.where(neg, d, big))
+    flags = tf.where(pos, 0, tf.where(neg, 1, 2))
+    order = _row_sort(values, flags)
+    v = tf.gather(values, order, batch_dims=1)  # differentiable through the gather
+    is_pos = tf.cast(tf.gather(pos, order, batch_dims=1), d.dtype)
+    is_neg = tf.cast(tf.gather(neg, order, batch_dims=1), d.dtype)
+    neg_before = tf.cumsum(is_neg, axis=1, exclusive=True)  # = cnt_ap at a positive's slot
+    pos_before = tf.cumsum(is_pos, axis=1, exclusive=True)  # = #{t_ap <= D_an} at a negative's slot
+    pos_count = tf.reduce_sum(is_pos, axis=1, keepdims=True)
+    v_safe = tf.where(is_pos + is_neg > 0, v, tf.zeros_like(v))
+    per_anchor = (tf.reduce_sum(is_pos * neg_before * v_safe, axis=1)
+                  - tf.reduce_sum(is_neg * (pos_count - pos_before) * v_safe, axis=1))
     if mining == "all":
-        normalizer = tf.reduce_sum(tf.cast(pos_count, d.dtype) * tf.reduce_sum(tf.cast(neg, d.dtype), 1))
+        normalizer = tf.reduce_sum(pos_count[:, 0] * tf.reduce_sum(is_neg, axis=1))
     else:
-        normalizer = tf.reduce_sum(cnt_f)
+        normalizer = tf.reduce_sum(is_pos * neg_before)
     return per_anchor, normalizer
 
 
 def _semi_hard(d, pos, neg, margin):
-    """tfa TripletSemiHardLoss: negative = min{D_an : D_an > D_ap}, else max_n D_an (else row min)."""
-    order, neg_sorted, neg_count = _sorted_masked(d, neg)
-    # First sorted negative strictly farther than D_ap.
-    idx = tf.searchsorted(neg_sorted, tf.stop_gradient(d), side="right", out_type=tf.int32)
+    """tfa TripletSemiHardLoss: negative = min{D_an : D_an > D_ap}, else max_n D_an (else row min).
+
+    One sort per row of the positives' and negatives' distances (ties: negatives first), so the
+    number of negatives before a positive's slot is #{n: D_an <= D_ap}, the rank of its semi-hard
+    negative among the row's sorted negatives.
+    """
+    b = tf.shape(d)[0]
+    big = tf.constant(3.0e38, d.dtype)
+    flags = tf.where(neg, 0, tf.where(pos, 1, 2))
+    order = _row_sort(tf.where(tf.logical_or(pos, neg), d, big), flags)
+    is_neg = tf.gather(neg, order, batch_dims=1)
+    neg_i = tf.cast(is_neg, tf.int32)
+    rank_incl = tf.cumsum(neg_i, axis=1)  # negatives up to and including each slot
+    neg_count = rank_incl[:, -1]
+    # Table of the row's negatives by rank: table[a, r] = column of the r-th closest negative.
+    rows = tf.broadcast_to(tf.range(b)[:, None], tf.shape(order))
+    slot = tf.where(is_neg, rank_incl - 1, b)  # non-negatives go to a spare column
+    table = tf.tensor_scatter_nd_update(tf.zeros([b, b + 1], tf.int32),
+                                        tf.stack([tf.reshape(rows, [-1]), tf.reshape(slot, [-1])], 1),
+                                        tf.reshape(order, [-1]))
+    # At a positive's slot, the negatives strictly before it are those with D_an <= D_ap: their count
+    # is the rank of its semi-hard negative. Work in the sorted domain (no inverse permutation).
+    idx = rank_incl - neg_i
     has_outside = idx < neg_count[:, None]
     last = tf.maximum(neg_count - 1, 0)[:, None] + tf.zeros_like(idx)
-    chosen = tf.where(has_outside, idx, last)
-    cols = tf.gather(order, chosen, batch_dims=1)
+    cols = tf.gather(table, tf.where(has_outside, idx, last), batch_dims=1)
     semi = tf.gather(d, cols, batch_dims=1)
     row_min = tf.reduce_min(d, axis=1, keepdims=True)
     semi = tf.where(neg_count[:, None] > 0, semi, row_min)
-    loss = tf.where(pos, tf.nn.relu(margin + d - semi), 0.0)
+    d_sorted = tf.gather(d, order, batch_dims=1)
+    is_pos = tf.gather(pos, order, batch_dims=1)
+    loss = tf.where(is_pos, tf.nn.relu(margin + d_sorted - semi), 0.0)
     return tf.reduce_sum(loss, axis=1), tf.reduce_sum(tf.cast(pos, d.dtype))
 
 

@@ -142,7 +142,7 @@ def sample_triplets(embeddings, labels, positive_fraction: float = 0.6, margin: 
                     negatives: str = "violating", triplets_per_anchor: int = 1,
                     hard_negative_embeddings=None, hard_negative_classes=None,
                     filter_human_negatives: bool = False, seed: int = 0,
-                    chunk_size: int = 256) -> TripletSet:
+                    chunk_size: int = 1024, block_size: int = 4096) -> TripletSet:
     """One round of the quasi-online sampling of Fig 2.6 (see the module docstring).
 
     Args:
@@ -176,19 +176,25 @@ def sample_triplets(embeddings, labels, positive_fraction: float = 0.6, margin: 
     for start in range(0, len(anchors), chunk_size):
         a = anchors[start:start + chunk_size]
         p = positives[start:start + chunk_size]
-        d = _sq_dists(x[a], x)  # [chunk, n]
-        other = labels[None, :] != labels[a][:, None]
-        if negatives == "violating":
-            d_ap = ((x[a] - x[p]) ** 2).sum(1)
-            ok = other & (d < d_ap[:, None] + margin)
-        else:
-            ok = other
-        r = np.where(ok, rng.random(ok.shape, dtype=np.float32), np.float32(-1.0))
-        choice = r.argmax(axis=1)
-        valid = ok[np.arange(len(a)), choice]
-        kept_a.append(a[valid])
-        kept_p.append(p[valid])
-        kept_n.append(choice[valid])
+        d_ap = ((x[a] - x[p]) ** 2).sum(1)
+        # Candidates are visited in a fresh random order per chunk, so the first acceptable one is a
+        # uniform draw among the acceptable negatives of each anchor. Blocks of the permuted pool are
+        # scanned until every anchor has one: exact, and cheap while violators are plentiful.
+        perm = rng.permutation(n)
+        todo = np.arange(len(a))
+        for b0 in range(0, n, block_size):
+            cols = perm[b0:b0 + block_size]
+            ok = labels[cols][None, :] != labels[a[todo]][:, None]
+            if negatives == "violating":
+                ok &= _sq_dists(x[a[todo]], x[cols]) < (d_ap[todo] + margin)[:, None]
+            found = ok.any(axis=1)
+            first = ok.argmax(axis=1)
+            kept_a.append(a[todo[found]])
+            kept_p.append(p[todo[found]])
+            kept_n.append(cols[first[found]])
+            todo = todo[~found]
+            if not len(todo):
+                break
     a = np.concatenate(kept_a) if kept_a else np.zeros(0, np.int64)
     p = np.concatenate(kept_p) if kept_p else np.zeros(0, np.int64)
     neg = np.concatenate(kept_n).astype(np.int64) if kept_n else np.zeros(0, np.int64)

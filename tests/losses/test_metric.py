@@ -104,6 +104,20 @@ def test_against_naive_loops(mining, distance):
     np.testing.assert_allclose(got, ref_triplet(labels, x, 0.3, mining, distance), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mining", MININGS)
+def test_many_tied_distances(mining):
+    """Binary embeddings: many equal distances exercise the strict/non-strict comparisons of eq 2.1
+    (violation iff D_an < D_ap + m) and of tfa's semi-hard rule (D_an > D_ap)."""
+    rng = np.random.default_rng(11)
+    for trial in range(3):
+        x = rng.integers(0, 2, size=(14, 3)).astype(np.float32)
+        labels = rng.integers(0, 3, size=14)
+        for margin in (0.0, 1.0, 0.5):
+            got = loss_value(labels, x, margin, mining, "squared_l2")
+            want = ref_triplet(labels, x, margin, mining, "squared_l2")
+            assert got == pytest.approx(want, abs=1e-5), (trial, margin)
+
+
 def test_distance_matrix_matches_reference():
     _, x = batch(3, normalize=False)
     for distance in DISTANCES:
