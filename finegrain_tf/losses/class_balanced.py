@@ -139,7 +139,8 @@ def labels_to_targets(y_true, num_classes: int, y_pred_rank: int | None = None):
 
     Sparse int labels ([B] or [B, 1]) and one-hot / soft targets ([B, C]) are both accepted (Keras casts
     y_true to float, so labels are cast back to int here). Sparse labels outside [0, C) raise: a
-    ValueError eagerly, an InvalidArgumentError naming the bound inside a graph.
+    ValueError eagerly, an InvalidArgumentError naming the bound inside a graph; under XLA, where
+    assertions are compiled out, the losses return NaN for such examples (`nan_for_invalid`).
     """
     y_true = tf.convert_to_tensor(y_true)
     rank = y_true.shape.rank
@@ -166,6 +167,15 @@ def check_labels(labels, num_classes: int):
             tf.debugging.assert_less(labels, tf.constant(num_classes, labels.dtype),
                                      message=f"class label >= num_classes ({num_classes})")]):
         return tf.identity(labels)
+
+
+def nan_for_invalid(loss, labels, num_classes: int):
+    """NaN where a sparse label is outside [0, C): under XLA (jit_compile) assertions compile to no-ops,
+    so a bad label still surfaces as a NaN loss instead of a silently wrong number."""
+    if labels is None:
+        return loss
+    valid = tf.logical_and(labels >= 0, labels < num_classes)
+    return tf.where(valid, loss, tf.constant(float("nan"), loss.dtype))
 
 
 def logits_from_probabilities(y_pred, loss_type: str):
@@ -214,13 +224,13 @@ def class_balanced_loss(y_true, y_pred, class_weights, loss_type: str = "softmax
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z)
         else:
             ce = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=z)
-        return w * ce
+        return nan_for_invalid(w * ce, labels, num_classes)
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=z)  # [B, C], stable
     if loss_type == "focal" and float(gamma) != 0.0:
         # Official log-space modulator: (1 - p_t)^gamma = exp(-gamma*y*z - gamma*log(1 + exp(-z))).
         modulator = tf.exp(-gamma * targets * z - gamma * tf.nn.softplus(-z))
         bce = modulator * bce
-    return w * tf.reduce_sum(bce, axis=-1)
+    return nan_for_invalid(w * tf.reduce_sum(bce, axis=-1), labels, num_classes)
 
 
 # --------------------------------------------------------------------------------------------------

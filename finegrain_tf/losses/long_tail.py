@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from finegrain_tf.losses.class_balanced import (_validate_beta, _validate_counts, class_balanced_weights,
-                                                example_weights, labels_to_targets)
+                                                example_weights, labels_to_targets, nan_for_invalid)
 
 
 def _check_classes(y_pred, num_classes: int):
@@ -72,7 +72,8 @@ def logit_adjusted_loss(y_true, y_pred, offsets):
     """Menon et al. 2021 eq 10: CE(z + offsets, y) with offsets = tau * log(prior)."""
     z = tf.cast(y_pred, tf.float32)
     labels, targets = labels_to_targets(y_true, z.shape[-1])
-    return _cross_entropy(labels, targets, z + tf.cast(offsets, tf.float32))
+    loss = _cross_entropy(labels, targets, z + tf.cast(offsets, tf.float32))
+    return nan_for_invalid(loss, labels, z.shape[-1])
 
 
 def ldam_margins(samples_per_class, max_margin: float = 0.5) -> np.ndarray:
@@ -90,7 +91,7 @@ def ldam_loss(y_true, y_pred, margins, scale: float = 30.0, class_weights=None):
     loss = _cross_entropy(labels, targets, adjusted)
     if class_weights is not None:
         loss = example_weights(labels, targets, tf.cast(class_weights, tf.float32)) * loss
-    return loss
+    return nan_for_invalid(loss, labels, z.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------------

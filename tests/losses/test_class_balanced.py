@@ -209,6 +209,12 @@ def test_bad_labels_and_arguments():
         loss(np.array([-1, 0]), logits)
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes"):
         tf.function(lambda y, z: loss(y, z))(tf.constant([0, 7]), tf.constant(logits))
+    # Under XLA the assertion compiles to a no-op: the bad example's loss is NaN instead.
+    for loss_type in ("softmax", "focal"):
+        per_example = tf.function(jit_compile=True)(
+                lambda y, z: class_balanced_loss(y, z, np.ones(C, np.float32), loss_type))
+        out = per_example(tf.constant([0, 7]), tf.constant(logits)).numpy()
+        assert np.isfinite(out[0]) and np.isnan(out[1])
     with pytest.raises(ValueError, match="6 classes"):
         loss(np.array([0, 1]), np.zeros((2, 6), np.float32))
     with pytest.raises(ValueError, match="'hinge'"):
