@@ -35,6 +35,8 @@ Everything is computed in float64.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 MEASURES = ("rs", "rsm", "rank", "rankm", "silhouette")
@@ -42,6 +44,8 @@ METRICS = ("euclidean", "sqeuclidean", "cosine", "precomputed")
 
 # Relative tolerance for ties between medoid candidates (pure floating-point round-off).
 _MEDOID_RTOL = 1e-12
+# Classes up to this size get their medoid from single-threaded BLAS calls.
+_SMALL_CLASS = 1024
 # Default memory budget of one distance block, in float64 elements (32 MiB).
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -55,8 +59,13 @@ class _Distances:
             self.x = features
             self.sqnorm = None
         elif metric in ("euclidean", "sqeuclidean"):
+            # Centring reduces the round-off of the ||a||^2 + ||b||^2 - 2 a.b expansion.
             self.x = features
-            self.sqnorm = np.einsum("ij,ij->i", features, features, dtype=np.float64)
+            self.mu = features.mean(axis=0, dtype=np.float64)
+            self.sqnorm = np.empty(features.shape[0])
+            for start in range(0, features.shape[0], 65536):
+                xc = self._rows(np.arange(start, min(features.shape[0], start + 65536)))
+                self.sqnorm[start:start + xc.shape[0]] = np.einsum("ij,ij->i", xc, xc)
         else:  # cosine
             x = np.asarray(features, dtype=np.float64)
             norms = np.sqrt(np.einsum("ij,ij->i", x, x))
@@ -67,14 +76,30 @@ class _Distances:
             self.x = x / norms[:, None]
             self.sqnorm = None
 
-    def block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        if idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1):
+            out = np.asarray(self.x[idx[0]:idx[-1] + 1], dtype=np.float64)  # a view, no gather
+        else:
+            out = np.asarray(self.x[idx], dtype=np.float64)
+        if self.metric in ("euclidean", "sqeuclidean"):
+            out = out - self.mu
+        return out
+
+    def columns(self, cols: np.ndarray):
+        """Pre-gathered column data for repeated :meth:`block` calls against the same columns."""
+        if self.metric == "precomputed":
+            return None
+        return self._rows(cols)
+
+    def block(self, rows: np.ndarray, cols: np.ndarray, col_data=None) -> np.ndarray:
         """Distances d(x_r, x_c) for r in rows, c in cols as a [len(rows), len(cols)] array."""
         if self.metric == "precomputed":
             return np.asarray(self.x[np.ix_(rows, cols)], dtype=np.float64)
-        xr = np.asarray(self.x[rows], dtype=np.float64)
-        xc = np.asarray(self.x[cols], dtype=np.float64)
+        xr = self._rows(rows)
+        xc = self._rows(cols) if col_data is None else col_data
         if self.metric == "cosine":
-            out = 1.0 - xr @ xc.T
+            out = xr @ xc.T
+            np.subtract(1.0, out, out=out)
             np.maximum(out, 0.0, out=out)
         else:
             out = xr @ xc.T
@@ -85,9 +110,11 @@ class _Distances:
             if self.metric == "euclidean":
                 np.sqrt(out, out=out)
         # d(x, x) = 0 exactly (the expansion above leaves round-off on the diagonal).
-        same = rows[:, None] == cols[None, :]
-        if same.any():
-            out[same] = 0.0
+        sorter = np.argsort(rows, kind="stable")
+        at = np.minimum(np.searchsorted(rows, cols, sorter=sorter), rows.size - 1)
+        hit = rows[sorter[at]] == cols
+        if hit.any():
+            out[sorter[at[hit]], np.flatnonzero(hit)] = 0.0
         return out
 
 
@@ -145,27 +172,55 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return r
 
 
+_CONTROLLER = []
+
+
+def _single_thread_blas():
+    """Small BLAS calls run far faster single-threaded (no thread hand-off), above all on busy CPUs."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return contextlib.nullcontext()
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
 def class_medoids(dist: _Distances, y_idx: np.ndarray, k: int, chunk_size: int | None = None) -> np.ndarray:
-    """Sample index of each class medoid (smallest sum of distances to its classmates)."""
+    """Sample index of each class medoid (smallest sum of distances to its classmates).
+
+    Pairwise distances are formed per class in row blocks ([chunk, class size]); classes are small
+    compared with n, so this costs sum_c |C_c|^2 distance evaluations.
+    """
     medoids = np.empty(k, dtype=np.int64)
     order = np.argsort(y_idx, kind="stable")
     bounds = np.searchsorted(y_idx[order], np.arange(k + 1))
-    for c in range(k):
+    sizes = np.diff(bounds)
+
+    def one(c):
         members = order[bounds[c]:bounds[c + 1]]  # increasing sample index
         sums = np.empty(members.size, dtype=np.float64)
         for pos in _row_chunks(members.size, chunk_size, members.size):
             sums[pos] = dist.block(members[pos], members).sum(axis=1)
         best = sums.min()
         medoids[c] = members[np.flatnonzero(sums <= best + abs(best) * _MEDOID_RTOL)[0]]
+
+    small = sizes <= _SMALL_CLASS
+    with _single_thread_blas() if small.sum() >= 64 else contextlib.nullcontext():
+        for c in np.flatnonzero(small):
+            one(c)
+    for c in np.flatnonzero(~small):
+        one(c)
     return medoids
 
 
 def _medoid_terms(dist, y_idx, k, measure, chunk_size):
     medoids = class_medoids(dist, y_idx, k, chunk_size)
+    medoid_data = dist.columns(medoids)
     n = y_idx.size
     out = np.empty(n, dtype=np.float64)
     for rows in _row_chunks(n, chunk_size, k):
-        dm = dist.block(rows, medoids)  # [b, k]
+        dm = dist.block(rows, medoids, medoid_data)  # [b, k]: O(nk) distance evaluations in total
         own = dm[np.arange(rows.size), y_idx[rows]]
         dm[np.arange(rows.size), y_idx[rows]] = np.inf  # other medoids only
         if measure == "rsm":

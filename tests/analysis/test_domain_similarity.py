@@ -194,3 +194,12 @@ def test_public_names():
     x = np.vstack([s, t])
     y = np.r_[np.zeros(len(s), int), np.ones(len(t), int)]
     assert 0 <= fa.granularity(x, y) <= 1
+
+
+def test_ground_distance_accuracy():
+    rng = np.random.default_rng(10)
+    s = rng.normal(size=(20, 7)) * 100 + 1000  # large norms
+    t = np.vstack([s[:5] + 1e-7, rng.normal(size=(5, 7)) * 100 + 1000])  # near-duplicates
+    want = np.array([[math.sqrt(sum((float(u) - float(v)) ** 2 for u, v in zip(a, b))) for b in t]
+                     for a in s])
+    np.testing.assert_allclose(ds.ground_distance(s, t), want, rtol=1e-9, atol=1e-15)

@@ -275,3 +275,16 @@ def test_errors():
     zero[0] = 0
     with pytest.raises(ValueError, match="all-zero"):
         granularity(zero, y, metric="cosine")
+
+
+def test_many_small_classes_single_thread_path():
+    # >= 64 small classes: medoids are computed under a single-threaded BLAS limit.
+    rng = np.random.default_rng(13)
+    y = np.repeat(np.arange(70), 2 + np.arange(70) % 3)
+    x = rng.normal(size=(y.size, 3))
+    classes, med = medoid_indices(x, y)
+    want = naive_medoids(naive_dist(x), list(y))
+    assert [want[c] for c in classes] == med.tolist()
+    d = naive_dist(x)
+    for m in ("rsm", "rankm"):
+        assert granularity(x, y, m) == pytest.approx(naive_measure(d, y, m), rel=1e-9)
