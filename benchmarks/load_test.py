@@ -1,6 +1,7 @@
 """Load test: N concurrent gRPC clients for T seconds against `finegrain-serve` on loopback, vs in-process.
 
-For each batch size (default 1 and 32) it runs the same work twice, each for `--seconds`:
+For each batch size (default 1 and 32) it runs the same work twice, each for `--seconds` in total
+(alternating in `--rounds` slices so that drifting machine load affects both alike):
   served      N client threads -> gRPC (real tensorflow_serving stubs) -> finegrain-serve subprocess
               -> session-loaded SavedModel (the `classify` signature, encoded JPEG bytes in)
   in-process  N threads calling the same session-loaded SavedModel directly (SessionServable.run)
@@ -30,6 +31,8 @@ flags.DEFINE_float("seconds", 10.0, "Duration of each measurement.")
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to measure.")
 flags.DEFINE_integer("image_size", 64, "Input size of the default model.")
 flags.DEFINE_string("signature", "classify", "Signature to load-test (bytes input).")
+flags.DEFINE_integer("rounds", 4, "Alternate served / in-process this many times per batch size (each round "
+                     "runs --seconds / rounds), so a change of machine load hits both sides alike.")
 
 
 def _demo_export(workdir: str) -> str:
@@ -111,12 +114,17 @@ def main(argv):
                     payload = np.array(images[:batch], dtype=object)
                     client.predict({"images": payload}, FLAGS.signature)  # warm both paths
                     servable.run(FLAGS.signature, {"images": payload})
-                    lat, err, wall = _hammer(lambda: client.predict({"images": payload}, FLAGS.signature),
-                                             FLAGS.clients, FLAGS.seconds)
-                    served = dict(_stats(lat, wall, batch), errors=len(err))
-                    lat, err, wall = _hammer(lambda: servable.run(FLAGS.signature, {"images": payload}),
-                                             FLAGS.clients, FLAGS.seconds)
-                    local = dict(_stats(lat, wall, batch), errors=len(err))
+                    slice_s = FLAGS.seconds / FLAGS.rounds
+                    acc = {"served": ([], [], 0.0), "local": ([], [], 0.0)}
+                    calls = {"served": lambda: client.predict({"images": payload}, FLAGS.signature),
+                             "local": lambda: servable.run(FLAGS.signature, {"images": payload})}
+                    for _ in range(FLAGS.rounds):
+                        for side in ("served", "local"):
+                            lat, err, wall = _hammer(calls[side], FLAGS.clients, slice_s)
+                            lats, errs, total = acc[side]
+                            acc[side] = (lats + list(lat), errs + err, total + wall)
+                    served, local = (dict(_stats(np.array(acc[k][0]), acc[k][2], batch), errors=len(acc[k][1]))
+                                     for k in ("served", "local"))
                     results[batch] = (served, local)
         finally:
             server.stop()

@@ -82,6 +82,7 @@ class Client:
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.retries = 0  # total retries performed (for diagnostics)
+        self.last_version = None  # model version that answered the last predict()
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _model_spec(self, spec, signature_name=None):

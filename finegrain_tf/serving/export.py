@@ -500,12 +500,16 @@ def _compare(name: str, got: dict, want: dict, atol: float) -> float:
 def verify_export(export_dir: str, model, images: Sequence[bytes] | None = None, atol: float = 1e-4) -> dict:
     """Loads `export_dir` through the TF1 session loader (TF Serving's path) and checks every signature.
 
-    Each signature's outputs on `images` (default: deterministic sample JPEG/PNG images of the export's
-    input size) must equal the in-memory `model`'s within `atol`. Also replays the warmup file.
+    `model` is the Keras model or a training run's model dir. Each signature's outputs on `images`
+    (default: deterministic sample JPEG/PNG images of the export's input size) must equal the
+    in-memory model's within `atol` (float64 reference; class / id order may differ only on ties).
+    Also replays the warmup file.
     Returns {signature: max abs difference}; raises ExportVerificationError on a mismatch.
     """
     from finegrain_tf.serving.servable import SessionServable
 
+    if isinstance(model, (str, os.PathLike)):
+        model, _, _ = load_model_dir(str(model))
     info = read_export_info(export_dir)
     image_size, resize_size, top_k = info["image_size"], info["resize_size"], info["top_k"]
     with open(os.path.join(export_dir, "assets", "class_names.txt")) as f:

@@ -5,8 +5,8 @@
 the TF Serving directory layout (`<model_base_path>/<integer version>/saved_model.pb`):
 
 - loads through the TF1 session loader (`SessionServable`), like `tensorflow_model_server`;
-- latest-version policy: a poller picks up a new, higher version directory, replays its warmup file,
-  then swaps it in; requests already running on the old version finish on it (reference counted),
+- latest-version policy: a poller picks up a new, higher version directory (or falls back to the
+  highest remaining one when the served directory is removed), replays its warmup file, then swaps it in; requests already running on the old version finish on it (reference counted),
   and the old session is closed once the last of them returns;
 - bad requests -> INVALID_ARGUMENT / NOT_FOUND with a message naming the problem; the server keeps serving;
 - `stop(grace)` (SIGTERM in `finegrain-serve`) stops accepting calls and lets in-flight ones finish.
@@ -82,9 +82,10 @@ class ModelManager:
         return current.servable.version if current else None
 
     def poll(self) -> bool:
-        """Loads the latest version if it is newer than the served one; True if it swapped."""
+        """Serves the highest version on disk: loads it if it differs from the served one (a newer
+        directory, or a rollback after the served directory was removed); True if it swapped."""
         versions = [v for v in self.available_versions() if v not in self._failed]
-        if not versions or (self.current_version is not None and versions[-1] <= self.current_version):
+        if not versions or versions[-1] == self.current_version:
             return False
         version = versions[-1]
         path = os.path.join(self.model_base_path, str(version))

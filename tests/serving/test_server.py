@@ -207,7 +207,14 @@ def test_hot_reload_of_version_2_while_requests_run(exported, tmp_path):
         for t in threads:
             t.join(timeout=60)
         status = Client(srv.target, MODEL_NAME).model_status()
+        # rollback: removing the served version directory falls back to the highest remaining one
+        shutil.rmtree(model_base / "2")
+        deadline = time.monotonic() + 60
+        while srv.manager.current_version != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rolled_back = srv.manager.current_version
         srv.stop(grace=1)
     assert not errors, errors[:3]
     assert 1 in versions and versions[-1] == 2
     assert {s["version"]: s["state"] for s in status} == {1: "END", 2: "AVAILABLE"}
+    assert rolled_back == 1
