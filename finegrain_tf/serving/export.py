@@ -384,7 +384,7 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
             "input": "encoded JPEG/PNG/GIF/BMP bytes (classify_tensor: [H, W, 3] pixels in [0, 255])",
             "preprocessing": "finegrain_tf.data.preprocessing.decode_image + preprocess_eval (resize the "
             "shorter side to resize_size, centre crop image_size); float32 in [0, 255]",
-            "top_k": k_cls, "num_classes": num_classes, "embedding_dim": embedding_dim,
+            "top_k": int(top_k), "num_classes": num_classes, "embedding_dim": embedding_dim,
             "gallery_size": len(gallery_ids), "distance": "squared L2 between unit vectors (2 - 2 cos)",
             "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
         }
