@@ -218,3 +218,48 @@ def test_hot_reload_of_version_2_while_requests_run(exported, tmp_path):
     assert 1 in versions and versions[-1] == 2
     assert {s["version"]: s["state"] for s in status} == {1: "END", 2: "AVAILABLE"}
     assert rolled_back == 1
+
+
+def test_stop_lets_in_flight_requests_finish(exported, tmp_path):
+    """Graceful shutdown (what SIGTERM triggers in finegrain-serve): a request already running completes,
+    new connections are refused afterwards."""
+    from finegrain_tf.serving import Client
+    from finegrain_tf.serving.server import DevModelServer
+
+    export_dir, _, _ = exported
+    model_base = tmp_path / MODEL_NAME
+    shutil.copytree(export_dir, model_base / "1")
+    srv = DevModelServer(MODEL_NAME, str(model_base), port=0, enable_warmup=False).start()
+    servable_run = srv.manager._current.servable.run
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_run(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return servable_run(*args, **kwargs)
+
+    srv.manager._current.servable.run = slow_run
+    result = {}
+
+    def request():
+        with Client(srv.target, MODEL_NAME, max_retries=0, timeout=60) as c:
+            try:
+                result["out"] = c.classify(random_images(1))
+            except grpc.RpcError as e:
+                result["error"] = e
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    assert entered.wait(60)
+    stopper = threading.Thread(target=srv.stop, kwargs={"grace": 30})
+    stopper.start()
+    time.sleep(0.2)  # stop() is now waiting for the in-flight call
+    release.set()
+    thread.join(60)
+    stopper.join(60)
+    assert "error" not in result, result.get("error")
+    assert result["out"]["classes"].shape == (1, TOP_K)
+    with Client(srv.target, MODEL_NAME, max_retries=0, timeout=2) as c:
+        with pytest.raises(grpc.RpcError) as info:
+            c.classify(random_images(1))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
