@@ -255,26 +255,27 @@ def _silhouette_like_terms(dist, y_idx, counts, measure, chunk_size):
 
 
 def _rank_terms(dist, y_idx, counts, chunk_size):
+    """Eq. (6.4) per sample.  For x_i with distances d_i to all other samples and classmates P_i:
+    R_ij = #{q != i: d_iq <= d_ij} and j = #{p in P_i: d_ip <= d_ij} for each classmate (pessimistic
+    ties), AP_i = mean_j j / R_ij.  Each row is sorted once (O(n log n)); counts come from binary
+    searches of the sorted classmate distances into the sorted row."""
     n = y_idx.size
     out = np.empty(n, dtype=np.float64)
+    order = np.argsort(y_idx, kind="stable")
+    bounds = np.searchsorted(y_idx[order], np.arange(counts.size + 1))
     all_idx = np.arange(n)
     for rows in _row_chunks(n, chunk_size, n):
-        b = rows.size
         d = dist.block(rows, all_idx)
-        d[np.arange(b), rows] = -np.inf  # self first, then dropped
-        idx = np.argsort(d, axis=1, kind="stable")[:, 1:]
-        ds = np.take_along_axis(d, idx, axis=1)
-        pos = y_idx[idx] == y_idx[rows][:, None]  # classmates in ranked order, [b, n-1]
-        cum = np.cumsum(pos, axis=1)
-        # Pessimistic ties: every item of a group of equal distances gets the group's last position.
-        m = n - 1
-        is_last = np.ones((b, m), dtype=bool)
-        is_last[:, :-1] = ds[:, 1:] != ds[:, :-1]
-        end = np.where(is_last, np.arange(m)[None, :], m)
-        end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
-        prec = np.take_along_axis(cum, end, axis=1) / (end + 1.0)
-        ap = np.where(pos, prec, 0.0).sum(axis=1) / (counts[y_idx[rows]] - 1)
-        out[rows] = n / (n - 1.0) * (1.0 - ap)
+        d[np.arange(rows.size), rows] = -np.inf  # self sorts first and is not counted below
+        row_sorted = np.sort(d, axis=1)
+        for r, i in enumerate(rows):
+            c = y_idx[i]
+            mates = order[bounds[c]:bounds[c + 1]]
+            pd = np.sort(d[r, mates])[1:]  # classmates' distances; the -inf of self dropped
+            r_ij = np.searchsorted(row_sorted[r], pd, side="right") - 1.0
+            j = np.searchsorted(pd, pd, side="right")
+            ap = np.mean(j / r_ij)
+            out[i] = n / (n - 1.0) * (1.0 - ap)
     return out
 
 
