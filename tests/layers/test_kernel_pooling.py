@@ -458,3 +458,41 @@ def test_mixed_precision(policy):
             assert np.all(np.isfinite(tf.cast(tape.gradient(loss, x), tf.float32).numpy()))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+_MIRRORED_SCRIPT = """
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from finegrain_tf.layers import KernelPooling, CompactBilinearPooling
+rng = np.random.RandomState(0)
+x = rng.uniform(size=(16, 2, 2, 6)).astype(np.float32)
+y = rng.randint(0, 3, size=16)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inp = keras.Input((2, 2, 6))
+    pooled = keras.layers.Concatenate()([KernelPooling(order=3, dims=8, name="kp")(inp),
+                                         CompactBilinearPooling(dim=8)(inp)])
+    model = keras.Model(inp, keras.layers.Dense(3)(pooled))
+    model.compile(keras.optimizers.SGD(0.1, clipvalue=1.0),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+kp = model.get_layer("kp")
+kp.adapt(x)
+alpha = kp.alpha.numpy().copy()
+hist = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+assert np.all(np.isfinite(hist.history["loss"])), hist.history
+assert not np.allclose(kp.alpha.numpy(), alpha)
+print("OK", kp.effective_gamma())
+"""
+
+
+def test_fit_under_mirrored_strategy_with_two_replicas():
+    import subprocess
+    import sys
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gamma = float(proc.stdout.strip().split()[-1])
+    assert gamma == pytest.approx(estimate_gamma(np.random.RandomState(0).uniform(size=(16, 2, 2, 6))),
+                                  rel=1e-5)
