@@ -303,6 +303,8 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
         raise ValueError(f"image_size={image_size} but the model expects inputs of shape {in_shape}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if not model_name or "/" in model_name or os.sep in model_name or model_name.startswith("."):
+        raise ValueError(f"model_name must be a plain directory name, got {model_name!r}")
     if version is not None and (int(version) < 1):
         raise ValueError(f"version must be a positive integer, got {version!r}")
     model_base = os.path.join(base_path, model_name)
