@@ -207,14 +207,19 @@ class Client:
                 for s in response.model_version_status]
 
     def wait_until_available(self, timeout: float = 60.0, poll: float = 0.2) -> int:
-        """Blocks until some version is AVAILABLE; returns it. Raises TimeoutError."""
+        """Blocks until some version is AVAILABLE; returns it. Raises TimeoutError, or RuntimeError when
+        every version the server tried failed to load."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             try:
-                for s in self.model_status():
+                statuses = self.model_status()
+                for s in statuses:
                     if s["state"] == "AVAILABLE":
                         return s["version"]
+                failed = [s for s in statuses if s["error"]]
+                if failed and all(s["state"] == "END" for s in statuses):
+                    raise RuntimeError(f"model {self.model_name!r} failed to load: {failed[-1]['error']}")
             except grpc.RpcError as e:
                 last = e
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,

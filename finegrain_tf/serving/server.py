@@ -372,8 +372,8 @@ def start_server_process(model_base_path: str, model_name: str, port: int = 0, h
             try:
                 client.wait_until_available(timeout=max(1.0, deadline - time.monotonic()))
                 return server
-            except (TimeoutError, grpc.RpcError):
-                pass
+            except (TimeoutError, RuntimeError, grpc.RpcError) as e:
+                logging.error("finegrain-serve not ready: %s", e)
     if process.poll() is None:
         process.kill()
         process.wait()

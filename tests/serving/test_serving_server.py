@@ -263,3 +263,29 @@ def test_stop_lets_in_flight_requests_finish(exported, tmp_path):
         with pytest.raises(grpc.RpcError) as info:
             c.classify(random_images(1))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_broken_version_is_reported_and_previous_keeps_serving(exported, tmp_path):
+    from finegrain_tf.serving import Client
+    from finegrain_tf.serving.server import DevModelServer
+
+    export_dir, _, _ = exported
+    model_base = tmp_path / MODEL_NAME
+    shutil.copytree(export_dir, model_base / "1")
+    srv = DevModelServer(MODEL_NAME, str(model_base), port=0, poll_wait_seconds=0.1, enable_warmup=False).start()
+    try:
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        (staging / "saved_model.pb").write_bytes(b"definitely not a SavedModel")
+        os.rename(staging, model_base / "2")
+        with Client(srv.target, MODEL_NAME, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(client.model_status()) < 2:
+                time.sleep(0.05)
+            status = {s["version"]: s for s in client.model_status()}
+            assert status[1]["state"] == "AVAILABLE"
+            assert status[2]["state"] == "END" and "load failed" in status[2]["error"]
+            assert client.classify(random_images(1))["classes"].shape == (1, TOP_K)
+            assert client.last_version == 1
+    finally:
+        srv.stop(grace=1)
