@@ -23,7 +23,7 @@ from finegrain_tf.data.long_tail import long_tailed_counts  # noqa: E402
 from finegrain_tf.losses import (BalancedSoftmaxLoss, ClassBalancedLoss, LDAMLoss,  # noqa: E402
                                  LogitAdjustedLoss)
 
-FLAGS = flags.DEFINE_string("classes", "1000,8142", "comma-separated numbers of classes")
+_CLASSES = flags.DEFINE_string("classes", "1000,8142", "comma-separated numbers of classes")
 _BATCH = flags.DEFINE_integer("batch", 256, "batch size")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "timed calls per candidate")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "untimed calls per candidate")
@@ -57,7 +57,7 @@ def _timed_round_robin(steps, inputs, repeats: int, warmup: int) -> list:
 
 def main(argv):
     del argv
-    classes = [int(c) for c in FLAGS.value.split(",")]
+    classes = [int(c) for c in _CLASSES.value.split(",")]
     batch = _BATCH.value
     print(f"device: {'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}; B={batch}; "
           f"median of {_REPEATS.value} forward+backward calls, interleaved")

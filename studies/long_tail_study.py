@@ -195,14 +195,16 @@ def main(argv):
                for name, r in runs.items()}
     settings = {"num_classes": _CLASSES.value, "train_counts": counts.tolist(), "imbalance_factor": _IF.value,
                 "test_per_class": _TEST.value, "image_size": _SIZE.value, "steps": _STEPS.value,
-                "batch_size": _BATCH.value, "optimizer": _OPT.value, "learning_rate": _LR.value, "weight_decay": _WD.value,
+                "batch_size": _BATCH.value, "optimizer": _OPT.value, "learning_rate": _LR.value,
+                "weight_decay": _WD.value,
                 "beta": _BETA.value, "gamma": _GAMMA.value, "head_threshold": _HEAD.value, "few": _FEW.value,
                 "seeds": [int(s) for s in _SEEDS.value], "width": _WIDTH.value,
                 "wall_seconds": time.time() - t0}
     with open(os.path.join(_OUT.value, "long_tail_study.json"), "w") as f:
         json.dump({"settings": settings, "summary": summary, "runs": runs}, f, indent=1)
-    title = (f"Synthetic-LT: {_CLASSES.value} classes, IF {_IF.value:g} ({counts.max()}->{counts.min()} train images), "
-             f"{_STEPS.value} steps, {len(_SEEDS.value)} seed(s); head = >= {_HEAD.value} train images")
+    title = (f"Synthetic-LT: {_CLASSES.value} classes, IF {_IF.value:g} "
+             f"({counts.max()}->{counts.min()} train images), {_STEPS.value} steps, {len(_SEEDS.value)} seed(s); "
+             f"head = >= {_HEAD.value} train images")
     plot(summary, os.path.join(_OUT.value, "long_tail_study.png"), title)
     for name, s in summary.items():
         logging.info("%-16s %s", name, "  ".join(

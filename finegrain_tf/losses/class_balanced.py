@@ -134,7 +134,7 @@ def _check_label_range(labels: np.ndarray, num_classes: int) -> None:
 # Shared tensor helpers (also used by long_tail.py)
 
 
-def labels_to_targets(y_true, num_classes: int, y_pred_rank: int | None = None):
+def labels_to_targets(y_true, num_classes: int):
     """Returns (int labels [B] or None, float32 targets [B, C]).
 
     Sparse int labels ([B] or [B, 1]) and one-hot / soft targets ([B, C]) are both accepted (Keras casts
