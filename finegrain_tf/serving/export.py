@@ -150,15 +150,18 @@ def _list_folder_images(folder: str) -> list[tuple[str, str]]:
 
 
 def compute_embeddings(model, images: Sequence[bytes], image_size: int, resize_size: int = 0,
-                       batch_size: int = 32) -> np.ndarray:
+                       batch_size: int = 64) -> np.ndarray:
     """L2-normalised embeddings of encoded images, computed in memory (same preprocessing as serving)."""
     dual = embedding_model(model)
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = tf.constant(list(images[start:start + batch_size]))
-        pixels = _map_images(lambda b: preprocess_bytes(b, image_size, resize_size), chunk, image_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
+    def embed_batch(encoded):
+        pixels = _map_images(lambda b: preprocess_bytes(b, image_size, resize_size), encoded, image_size)
         _, emb = dual(pixels, training=False)
-        out.append(_l2_normalize(_flatten_embedding(emb)).numpy())
+        return _l2_normalize(_flatten_embedding(emb))
+
+    out = [embed_batch(tf.constant(list(images[start:start + batch_size]))).numpy()
+           for start in range(0, len(images), batch_size)]
     dim = int(np.prod(dual.outputs[1].shape[1:]))
     return np.concatenate(out, 0) if out else np.zeros([0, dim], np.float32)
 
