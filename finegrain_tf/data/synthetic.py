@@ -10,7 +10,8 @@ Label hierarchy
   * Classes inside a super-class differ only by subtle cues: a shape detail (number of star points,
     polygon sides, flower lobes, ring gaps, cross arms, or the oval's aspect ratio), the frequency of
     the stripe texture on the body, and a small hue shift of a central part (red vs orange, ...).
-    Class names spell these out, e.g. ``star5_stripes3_orange``.
+    Class names spell these out, e.g. ``star7_stripes4_orange``. With few classes per super-class
+    (<= 8) the levels are spaced two apart (5 vs 7 points, 2 vs 4 stripes); with more, one apart.
 
 Nuisance (independent per image): position, scale, in-plane rotation (pose), a cluttered background
 (smooth colour field, a random grating and distractor blobs), lighting (gain, gradient, colour cast,
@@ -100,12 +101,14 @@ def class_structure(num_classes: int, num_superclasses: int):
         sname = family if band < 0 else f"{family}_{_BAND_NAMES[band]}"
         superclass_names.append(sname)
         levels = _levels(k)
+        step = 2 if levels == 2 else 1  # few classes: space the levels out (star5 vs star7)
         if levels > len(PART_COLOURS):
             raise ValueError(f"{k} classes in one super-class is too many (max {len(PART_COLOURS) ** 3}); "
                              f"raise num_superclasses (got {num_superclasses})")
         for j in range(k):
             d, f, c = j % levels, (j // levels) % levels, j // (levels * levels)
-            attr = dict(family=family, detail=d, stripes=2 + f, colour=c, band=band, superclass=s)
+            attr = dict(family=family, detail=d * step, stripes=2 + f * step, colour=c, band=band,
+                        superclass=s)
             attributes.append(attr)
             superclass_of.append(s)
             class_names.append(_class_name(attr))
@@ -117,9 +120,9 @@ def _detail_value(family: str, d: int):
     if family == "star":
         return 5 + d, f"{5 + d}"  # points
     if family == "poly":
-        return 5 + d, f"{5 + d}"  # sides
+        return 4 + d, f"{4 + d}"  # sides
     if family == "flower":
-        return 4 + d, f"{4 + d}"  # lobes
+        return 3 + d, f"{3 + d}"  # lobes
     if family == "ring":
         return 1 + d, f"{1 + d}"  # gaps
     if family == "cross":
@@ -239,7 +242,7 @@ def _render(rng: np.random.Generator, attr: dict, size: int) -> np.ndarray:
         _paste_blob(img, coords, bx, by, br, squash, square, colour, px)
 
     # Object pose: scale, position, rotation.
-    r = rng.uniform(0.5, 0.8)
+    r = rng.uniform(0.55, 0.8)
     cx, cy = rng.uniform(-(1.0 - r), 1.0 - r, size=2)
     theta = np.deg2rad(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     dx, dy = (u - cx) / r, (v - cy) / r
@@ -285,7 +288,7 @@ def _render(rng: np.random.Generator, attr: dict, size: int) -> np.ndarray:
     img *= rng.uniform(0.88, 1.12, size=3).astype(np.float32)
     mean = img.mean()
     contrast = np.float32(rng.uniform(0.7, 1.2))
-    noise = rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(rng.uniform(0.01, 0.05))
+    noise = rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(rng.uniform(0.01, 0.04))
     img = (img - mean) * contrast + (mean + noise)
     img *= 255.0
     img += 0.5
