@@ -1,10 +1,13 @@
 """The seeds' image preprocessing, as pure graph-safe TF ops on a single image.
 
-Cui's dissertation (ch.3 sec. "Experiments", ch.4 "Implementation details") and the usual
-fine-grained protocol: resize the image so that its *shorter* side equals `resize_size` (by default
-`image_size * 8 / 7`, e.g. 256 for 224, 342 for 299, 512 for 448), then take a random
-`image_size x image_size` crop and a random horizontal flip for training, or the centre crop for
-evaluation. Outputs are float32 in [0, 255]; backbone-specific normalisation lives in the model.
+Cui's dissertation, ch.3 "Implementation details" (kernel pooling experiments): "we resize the original
+image so that its shorter side is S while keeping its aspect ratio. Then we crop a S x S square image
+[...]. During training, a random square image is cropped. Both the original crop and its horizontal
+flip are utilized [...]. During inference, the center image is cropped." (ch.4 likewise centre-crops at
+inference.) Here the shorter side goes to `resize_size`, which defaults to the common ImageNet margin
+`round(image_size * 8 / 7)` (256 for 224, 342 for 299, 512 for 448); `resize_size = image_size` is
+exactly the ch.3 protocol. Outputs are float32 in [0, 255]; backbone-specific normalisation (the
+"subtract the pixel-wise mean" step) lives in the model.
 
 The same functions are used by the training input pipeline and inside exported SavedModels (the
 serving signature decodes bytes with `decode_image` and applies `preprocess_eval`), so they use only
