@@ -446,6 +446,11 @@ class KernelPooling(keras.layers.Layer):
         return (input_shape[0], 1 + c + sum(self._dims_list))
 
     # -- gamma --------------------------------------------------------------------------------------
+    @property
+    def has_gamma(self) -> bool:
+        """True once gamma is known: given to the constructor, or set by `adapt` / `set_gamma`."""
+        return self.built and float(keras.ops.convert_to_numpy(self.gamma_weight)) > 0
+
     def effective_gamma(self) -> float:
         g = float(keras.ops.convert_to_numpy(self.gamma_weight))
         return g if g > 0 else DEFAULT_GAMMA

@@ -192,14 +192,36 @@ def _batches(dataset, steps):
         yield batch[0], batch[1]
 
 
+def adapt_kernel_pooling_gamma(model: keras.Model, dataset, steps: int | None = None,
+                               force: bool = False) -> dict:
+    """gamma = 1 / mean <x, y> (§3.3.2) for every `KernelPooling` of `model` without a gamma yet
+    (built with gamma=None and not adapted before; a reloaded model keeps its adapted gamma).
+
+    The feature maps feeding each layer are computed in inference mode (frozen backbone) from the
+    (images, labels) batches of `dataset` (`steps` limits them); `KernelPooling.adapt` stores gamma
+    in the layer's "gamma" weight and re-initialises learned coefficients (eq 3.11). `force=True`
+    also re-estimates layers that have a gamma. Returns {layer name: gamma} of the layers adapted.
+    """
+    gammas = {}
+    for layer in kernel_pooling_layers(model):
+        if layer.has_gamma and not force:
+            continue
+        extractor = keras.Model(model.inputs, layer.input)
+        gammas[layer.name] = layer.adapt(
+            extractor.predict_on_batch(images) for images, _ in _batches(dataset, steps))
+        logging.info("kernel pooling %s: gamma = %.6g", layer.name, gammas[layer.name])
+    return gammas
+
+
 def init_classifier_by_logistic_regression(model: keras.Model, dataset, steps: int | None = None,
                                            C: float = 1.0, max_iter: int = 300,
                                            adapt_gamma: bool = True) -> dict:
     """Initialises the "logits" layer by a logistic regression on pooled features (§3.3.1).
 
-    The backbone is run frozen (inference mode). First, every `KernelPooling` layer whose gamma was
-    not given (gamma=None) gets gamma = 1 / mean <x, y> estimated on its input feature maps
-    (§3.3.2), which also re-initialises its coefficients (eq 3.11). Then the features feeding the
+    The backbone is run frozen (inference mode). First (`adapt_gamma`), every `KernelPooling` layer
+    whose gamma was not given (gamma=None) gets gamma = 1 / mean <x, y> estimated on its input
+    feature maps (§3.3.2, `adapt_kernel_pooling_gamma`), which also re-initialises its
+    coefficients (eq 3.11). Then the features feeding the
     "logits" layer are extracted for the whole `dataset` (batches of (float32 images [B, S, S, 3]
     in [0, 255], int labels [B]); `steps` limits the number of batches) and a multinomial
     logistic regression (scikit-learn, L2 strength 1 / C) is fitted; its weights and intercepts
@@ -211,15 +233,7 @@ def init_classifier_by_logistic_regression(model: keras.Model, dataset, steps: i
     from sklearn.linear_model import LogisticRegression
 
     logits_layer = model.get_layer("logits")
-    gammas = {}
-    if adapt_gamma:
-        for layer in kernel_pooling_layers(model):
-            if layer.gamma is not None:
-                continue
-            extractor = keras.Model(model.inputs, layer.input)
-            gammas[layer.name] = layer.adapt(
-                extractor.predict_on_batch(images) for images, _ in _batches(dataset, steps))
-            logging.info("kernel pooling %s: gamma = %.6g", layer.name, gammas[layer.name])
+    gammas = adapt_kernel_pooling_gamma(model, dataset, steps) if adapt_gamma else {}
     extractor = keras.Model(model.inputs, logits_layer.input)
     feats, labels = [], []
     for images, y in _batches(dataset, steps):

@@ -121,6 +121,10 @@ def test_logistic_regression_init_and_gamma_estimate(synthetic):
     assert accuracy > 0.6
     bias = model.get_layer("logits").bias.numpy()
     assert bias[4] < bias[:4].min()  # class 4 is absent from the data
+    # given gammas are kept unless forced
+    assert heads.adapt_kernel_pooling_gamma(model, ds, steps=1) == {}
+    forced = heads.adapt_kernel_pooling_gamma(model, ds, steps=1, force=True)
+    assert forced["pool"] == pytest.approx(estimate_gamma(maps[:32]), rel=1e-4)
 
 
 def test_head_trains_a_few_steps_with_clipping(synthetic):
