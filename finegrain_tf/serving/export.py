@@ -154,7 +154,7 @@ def compute_embeddings(model, images: Sequence[bytes], image_size: int, resize_s
     """L2-normalised embeddings of encoded images, computed in memory (same preprocessing as serving)."""
     dual = embedding_model(model)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def embed_batch(encoded):
         pixels = _map_images(lambda b: preprocess_bytes(b, image_size, resize_size), encoded, image_size)
         _, emb = dual(pixels, training=False)
