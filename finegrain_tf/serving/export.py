@@ -508,10 +508,11 @@ def verify_export(export_dir: str, model, images: Sequence[bytes] | None = None,
     `model` is the Keras model or a training run's model dir. Each signature's outputs on `images`
     (default: deterministic sample JPEG/PNG images of the export's input size) must equal the
     in-memory model's within `atol` (float64 reference; class / id order may differ only on ties).
-    Also replays the warmup file.
-    Returns {signature: max abs difference}; raises ExportVerificationError on a mismatch.
+    Also checks that the graph uses stock ops only (no Python callbacks, no custom kernels) and
+    replays the warmup file. Returns {signature: max abs difference}; raises ExportVerificationError
+    on a mismatch.
     """
-    from finegrain_tf.serving.servable import SessionServable
+    from finegrain_tf.serving.servable import SessionServable, unservable_ops
 
     if isinstance(model, (str, os.PathLike)):
         model, _, _ = load_model_dir(str(model))
@@ -522,6 +523,10 @@ def verify_export(export_dir: str, model, images: Sequence[bytes] | None = None,
     images = list(images) if images is not None else sample_images(image_size, 3)
     servable = SessionServable(export_dir)
     try:
+        bad_ops = unservable_ops(servable.meta_graph)
+        if bad_ops:
+            raise ExportVerificationError(f"{export_dir}: ops {bad_ops} cannot run in stock TF Serving "
+                                          "(Python callbacks or custom kernels)")
         missing = sorted(set(info["signatures"]) - set(servable.signatures))
         if missing:
             raise ExportVerificationError(f"{export_dir}: signatures {missing} missing after loading")

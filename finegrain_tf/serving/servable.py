@@ -25,6 +25,22 @@ _CODE_NAMES = {
 }
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# Ops that load but cannot run in the C++ model server (they call back into Python).
+PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+def unservable_ops(meta_graph) -> list[str]:
+    """Ops of a MetaGraphDef (including its function library) that stock TF Serving cannot run:
+    Python callbacks (`tf.py_function`, `tf.numpy_function`) and ops outside the stock op registry
+    (custom kernels from `tf.load_op_library`)."""
+    library = meta_graph.graph_def.library.function
+    functions = {f.signature.name for f in library}
+    ops = {n.op for n in meta_graph.graph_def.node}
+    for f in library:
+        ops.update(n.op for n in f.node_def)
+    ops -= functions
+    stock = set(dir(tf.raw_ops))
+    return sorted(op for op in ops if op in PYTHON_OPS or op not in stock)
 
 
 class RequestError(Exception):

@@ -161,3 +161,27 @@ def test_export_bad_inputs(tmp_path, exported, model_dir):
     with pytest.raises(ValueError, match="top_k"):
         export.export_model(model, str(tmp_path), class_names=CLASS_NAMES, image_size=IMAGE_SIZE, top_k=0)
     assert export.next_version(os.path.join(base, MODEL_NAME)) >= 2
+
+
+def test_unservable_ops_are_detected(tmp_path, exported):
+    """Stock exports pass; a graph with a Python callback (tf.numpy_function) is flagged."""
+    from finegrain_tf.serving.servable import SessionServable, unservable_ops
+
+    export_dir, _, _ = exported
+    servable = SessionServable(export_dir)
+    try:
+        assert unservable_ops(servable.meta_graph) == []
+    finally:
+        servable.close()
+
+    class WithPython(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def serve(self, x):
+            return {"y": tf.numpy_function(lambda v: v * 2, [x], tf.float32)}
+
+    module = WithPython()
+    path = str(tmp_path / "py" / "1")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+    assert set(unservable_ops(meta)) & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
