@@ -9,7 +9,7 @@ _EXPORTS = {
     "export_model": "export", "export_from_model_dir": "export", "verify_export": "export",
     "build_gallery": "export", "load_model_dir": "export", "read_gallery": "export",
     "ExportVerificationError": "export", "MAX_GALLERY_SIZE": "export",
-    "SessionServable": "servable", "RequestError": "servable",
+    "SessionServable": "servable", "RequestError": "servable", "unservable_ops": "servable",
     "Client": "client",
     "DevModelServer": "server", "start_server_process": "server", "ServerProcess": "server",
 }
