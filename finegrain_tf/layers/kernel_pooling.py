@@ -159,16 +159,20 @@ def _sketch_rows(x, hashes, signs, dims, method: str):
     shapes = [(int(h.shape[0]), int(d)) for h, d in zip(hashes, dims)]
     total = sum(m * d for m, d in shapes)
     if method == "segment_sum":
-        segs, chans, vals = [], [], []
+        # Rows (t, c) of the signed data s_t(c) x_c^T go to segment offset_t + h_t(c). One broadcast
+        # multiply builds all of them (no gather), one segment sum computes every sketch.
+        xt = tf.transpose(x)  # [c, N]
+        segs, data = [], []
         offset = 0
         for h, s, (m, d) in zip(hashes, signs, shapes):
             h = tf.convert_to_tensor(h, tf.int32)
             segs.append(tf.reshape(h + offset + tf.range(m)[:, None] * d, [-1]))
-            chans.append(tf.reshape(tf.broadcast_to(tf.range(tf.shape(h)[1])[None], tf.shape(h)), [-1]))
-            vals.append(tf.reshape(tf.cast(s, tf.float32), [-1]))
+            signed = xt[None] * tf.cast(s, tf.float32)[:, :, None]  # [m, c, N]
+            data.append(tf.reshape(signed, [-1, tf.shape(xt)[1]]))
             offset += m * d
-        data = tf.gather(tf.transpose(x), tf.concat(chans, 0)) * tf.concat(vals, 0)[:, None]
-        return tf.math.unsorted_segment_sum(data, tf.concat(segs, 0), total)
+        data = data[0] if len(data) == 1 else tf.concat(data, 0)
+        segs = segs[0] if len(segs) == 1 else tf.concat(segs, 0)
+        return tf.math.unsorted_segment_sum(data, segs, total)
     if method == "sparse":
         return tf.sparse.sparse_dense_matmul(_fused_sketch_matrix(hashes, signs, dims), x,
                                              adjoint_b=True)
