@@ -236,8 +236,9 @@ def _silhouette_like_terms(dist, y_idx, counts, measure, chunk_size):
     order = np.argsort(y_idx, kind="stable")
     starts = np.searchsorted(y_idx[order], np.arange(k))
     out = np.empty(n, dtype=np.float64)
+    order_data = dist.columns(order)
     for rows in _row_chunks(n, chunk_size, n):
-        sums = np.add.reduceat(dist.block(rows, order), starts, axis=1)  # [b, k]
+        sums = np.add.reduceat(dist.block(rows, order, order_data), starts, axis=1)  # [b, k]
         r = np.arange(rows.size)
         own = y_idx[rows]
         a = sums[r, own] / (counts[own] - 1)
@@ -264,8 +265,9 @@ def _rank_terms(dist, y_idx, counts, chunk_size):
     order = np.argsort(y_idx, kind="stable")
     bounds = np.searchsorted(y_idx[order], np.arange(counts.size + 1))
     all_idx = np.arange(n)
+    all_data = dist.columns(all_idx)
     for rows in _row_chunks(n, chunk_size, n):
-        d = dist.block(rows, all_idx)
+        d = dist.block(rows, all_idx, all_data)
         d[np.arange(rows.size), rows] = -np.inf  # self sorts first and is not counted below
         row_sorted = np.sort(d, axis=1)
         for r, i in enumerate(rows):

@@ -234,16 +234,17 @@ def test_block_budget_is_respected(monkeypatch):
     seen = []
     orig = gmod._Distances.block
 
-    def spy(self, rows, cols):
-        out = orig(self, rows, cols)
+    def spy(self, rows, cols, col_data=None):
+        out = orig(self, rows, cols, col_data)
         seen.append(out.size)
         return out
 
     monkeypatch.setattr(gmod._Distances, "block", spy)
-    val = granularity(x, y, "rs")
+    vals = {m: granularity(x, y, m) for m in MEASURES}
     assert max(seen) <= 50
     monkeypatch.undo()
-    assert val == pytest.approx(granularity(x, y, "rs"), rel=1e-12)
+    for m in MEASURES:
+        assert vals[m] == pytest.approx(granularity(x, y, m), rel=1e-12)
 
 
 # ---------------------------------------------------------------- errors
