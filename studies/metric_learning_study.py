@@ -9,7 +9,9 @@ Methods (seed 000 §2.4.1, §2.4.3):
   Triplet-A+HN   + human hard negatives mixed 1:1 with class negatives (§2.4.3).
   Softmax+HNS / Softmax+HNM  softmax with one / N extra hard-negative classes (Table 2.3).
 
-Triplet methods use the quasi-online sampler (refresh every `--refresh_every` steps) and classify by
+All methods fine-tune the same small CNN, pre-trained on super-class labels of an independent rendering
+(a stand-in for the seed's ImageNet pre-training), with frozen batch-norm statistics. Triplet methods
+use the quasi-online sampler (refresh every `--refresh_every` steps) and classify by
 anchor soft voting (eq 2.3, K = 3, gamma = 5; k-means anchors except Triplet-A*, which use the learned
 anchors). Human hard negatives are simulated from the synthetic hierarchy: the val images of each
 class are "proposed" for a sibling class of the same super-class (false positives a labeller would
@@ -53,6 +55,7 @@ flags.DEFINE_integer("refresh_every", 25, "quasi-online refresh period in steps 
 flags.DEFINE_integer("width", 16, "width of the study's small CNN backbone")
 flags.DEFINE_integer("anchors_per_class", 3, "K of eq 2.3")
 flags.DEFINE_float("gamma", 5.0, "gamma of eq 2.3")
+flags.DEFINE_integer("pretrain_steps", 300, "steps of the shared super-class pre-training (0 = none)")
 
 # Settings with no key in the experiment config (see the module docstring).
 METHODS = {
@@ -76,8 +79,46 @@ SEED_TABLE_2_3 = {"softmax": 68.9, "softmax_hns": 70.3, "softmax_hnm": 70.8, "tr
                   "triplet_a_hn": 73.7}
 
 
+PRETRAINED = {}
+
+
 def backbone(size: int, width: int, seed: int) -> keras.Model:
-    """Three conv-BN-ReLU stages + pooling: a few MFLOPs per 32x32 image (CPU-scale)."""
+    """Three conv-BN-ReLU stages: a few MFLOPs per 32x32 image (CPU-scale); starts from the shared
+    pre-trained weights when there are some."""
+    model = _backbone(size, width, seed)
+    if "weights" in PRETRAINED:
+        model.set_weights(PRETRAINED["weights"])
+    return model
+
+
+def pretrain(cfg, steps: int, seed: int):
+    """Stand-in for the seed's ImageNet pre-training (§2.4.1): softmax on the *super-class* labels of
+    an independent rendering of the data (other image seeds), so no fine label is ever seen."""
+    s = cfg.data.synthetic
+    extra = generate(s.num_classes, s.num_superclasses, s.train_per_class, 0, 0, s.image_size, s.seed + 1)
+    x, y = extra.images["train"], extra.superclass_of[extra.labels["train"]]
+    trunk = _backbone(cfg.data.image_size, FLAGS.width, seed)
+    inp = keras.Input(trunk.input_shape[1:])
+    logits = keras.layers.Dense(s.num_superclasses)(keras.layers.GlobalAveragePooling2D()(trunk(inp)))
+    model = keras.Model(inp, logits)
+    opt = keras.optimizers.Adam(cfg.optimizer.learning_rate)
+    rng = np.random.default_rng(seed + 1)
+
+    @tf.function
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, model(xb, training=True)))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    for _ in range(steps):
+        idx = rng.integers(0, len(x), cfg.data.batch_size)
+        loss = step(tf.constant(x[idx], tf.float32), tf.constant(y[idx]))
+    PRETRAINED["weights"] = trunk.get_weights()
+    return float(loss)
+
+
+def _backbone(size: int, width: int, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     inp = keras.Input((size, size, 3))
     x = keras.layers.Rescaling(1.0 / 127.5, -1.0)(inp)
@@ -124,7 +165,7 @@ def run_softmax(cfg, spec, data, hn, seed):
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            logits = model(x, training=True)
+            logits = model(x, training=False)  # frozen BN statistics, as for the triplet models
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
@@ -143,7 +184,15 @@ def run_triplet(cfg, spec, data, hn, seed):
     x_train, y_train = data.images["train"], data.labels["train"]
     pool = np.concatenate([x_train, hn[0]]) if spec["human"] else x_train
     emb_model = build_embedding_model(backbone(cfg.data.image_size, FLAGS.width, seed),
-                                      embedding_dim=cfg.model.embedding_dim)
+                                      embedding_dim=cfg.model.embedding_dim, batch_norm=True)
+    # Data-dependent init of the projection's batch norm, then train with frozen BN statistics (the
+    # usual fine-tuning practice): the sampler's embeddings then match the trained ones, and the
+    # initial embeddings are spread over the sphere instead of collapsed along the mean feature.
+    proj = keras.Model(emb_model.input, emb_model.get_layer("projection").output)
+    z = embed_all(proj, x_train)
+    bn = emb_model.get_layer("projection_bn")
+    bn.moving_mean.assign(z.mean(0))
+    bn.moving_variance.assign(z.var(0))
     vote = AnchorSoftVote(n_cls, FLAGS.anchors_per_class, FLAGS.gamma, output_mode="log_probabilities")
     vote.build((None, cfg.model.embedding_dim))
     variables = emb_model.trainable_variables + ([vote.anchors] if spec["anchors"] else [])
@@ -157,7 +206,7 @@ def run_triplet(cfg, spec, data, hn, seed):
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            e = emb_model(x, training=True)
+            e = emb_model(x, training=False)
             trip = tf.transpose(tf.reshape(e, [3, -1, e.shape[-1]]), [1, 0, 2])  # [B, 3, D]
             loss = tf.reduce_mean(triplet_margin_loss(trip, margin))
             if spec["anchors"]:  # eq 2.5 on the reference images
@@ -214,6 +263,11 @@ def main(argv):
             data = generate(s.num_classes, s.num_superclasses, s.train_per_class, s.val_per_class,
                             s.test_per_class, s.image_size, s.seed)
             hn = simulated_hard_negatives(data, np.random.default_rng(s.seed))
+            if FLAGS.pretrain_steps:
+                t0 = time.time()
+                pre_loss = pretrain(cfg, FLAGS.pretrain_steps, cfg.train.seed)
+                print(f"super-class pre-training: {FLAGS.pretrain_steps} steps, final loss {pre_loss:.3f} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
         spec = dict(METHODS[name], name=name)
         t0 = time.time()
         keras.utils.set_random_seed(cfg.train.seed)
@@ -226,6 +280,7 @@ def main(argv):
               f"({results[name]['seconds']:.0f} s)", flush=True)
     summary = {"dataset": {"classes": data.num_classes, "train": len(data.labels["train"]),
                            "test": len(data.labels["test"]), "human_hard_negatives": len(hn[1])},
+               "pretrain_steps": FLAGS.pretrain_steps, "refresh_every": FLAGS.refresh_every,
                "results": results, "seed_table_2_1": SEED_TABLE_2_1, "seed_table_2_3": SEED_TABLE_2_3}
     with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -14,7 +14,7 @@ from finegrain_tf.layers.normalization import L2Normalize
 
 
 def build_embedding_model(backbone, embedding_dim: int = 64, input_size: int | None = None,
-                          weights: str | None = None, pooling: str = "avg",
+                          weights: str | None = None, pooling: str = "avg", batch_norm: bool = False,
                           name: str = "embedding_model") -> keras.Model:
     """Backbone -> global pooling -> Dense(embedding_dim) -> L2Normalize(name="embedding").
 
@@ -25,6 +25,9 @@ def build_embedding_model(backbone, embedding_dim: int = 64, input_size: int | N
       input_size: S for a named backbone (and the input size when a model has an unknown one).
       weights: backbone weights for a named backbone (None, "imagenet" or a file).
       pooling: "avg" or "max" global pooling of a feature map.
+      batch_norm: BatchNormalization between the projection and the L2 normalisation. Pooled ReLU
+        features share a large common component, so freshly initialised embeddings all point the same
+        way and triplet training can collapse (loss stuck at the margin); centring them avoids that.
     """
     if not isinstance(embedding_dim, int) or embedding_dim < 1:
         raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
@@ -51,5 +54,7 @@ def build_embedding_model(backbone, embedding_dim: int = 64, input_size: int | N
     elif len(features.shape) != 2:
         raise ValueError(f"backbone output must be [B, h, w, c] or [B, c], got {features.shape}")
     x = keras.layers.Dense(embedding_dim, name="projection")(features)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name="projection_bn")(x)
     emb = L2Normalize(name="embedding", dtype="float32")(x)
     return keras.Model(inputs, emb, name=name)

@@ -50,3 +50,12 @@ def test_keras_round_trip_and_mixed_precision(tiny_backbone, tmp_path):
         np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, rtol=1e-4)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_batch_norm_option(tiny_backbone):
+    model = build_embedding_model(tiny_backbone, embedding_dim=8, batch_norm=True)
+    assert isinstance(model.get_layer("projection_bn"), keras.layers.BatchNormalization)
+    x = np.random.default_rng(2).uniform(0, 255, size=(4, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(model(x, training=True).numpy(), axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError):
+        build_embedding_model(tiny_backbone, embedding_dim=8).get_layer("projection_bn")
