@@ -24,6 +24,13 @@ Implementation notes (what makes this fast and servable):
     only one `irfft` per image and order is needed (exactly equal to averaging TS_k over locations).
   * Hashes are drawn once from `seed` with numpy's stable legacy `RandomState` stream and stored as
     non-trainable weights, so `.keras` files and SavedModels carry them.
+  * The FFT chain has a hand-written gradient (`_pooled_chain`), ~2x faster than TF's generic
+    RFFT/IRFFT gradients; everything compiles with XLA (`jit_compile=True`).
+
+Measured (benchmarks/bench_kernel_pooling.py, shared 2-core CPU, B = 2, CPU-time minimum of 5):
+d = 4096, p = 4, C = 2048 forward+backward is 2.7-2.9 % of ResNet-50 forward+backward at 448 on
+a 14x14 map (2.0 % with the pooling step XLA-compiled), 11 % on 28x28; a dense count sketch is
+~17x slower than the segment sum; compact bilinear pooling of the same output size costs 1.4-1.7x.
 
 Orders that share a sketch dimension share the running product P of Algorithm 1 (TS_k reuses the
 sketches C_1..C_{k-1} of TS_{k-1}); orders with different dimensions get their own independent
@@ -33,7 +40,7 @@ sketches (a product of FFTs needs one length).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
