@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-MAX_ROTATION_DEG = 40.0  # in-plane pose range (+-); shapes have >= 3-fold symmetry except the oval
+MAX_ROTATION_DEG = 30.0  # in-plane pose range (+-); shapes have >= 3-fold symmetry except the oval
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 # Coarse cue: the base shape family of a super-class.
@@ -233,8 +233,8 @@ def _render(rng: np.random.Generator, attr: dict, size: int) -> np.ndarray:
     ang, freq = rng.uniform(0, np.pi), rng.uniform(2.0, 9.0)
     grating = np.sin(np.float32(np.pi * freq) * (np.float32(np.cos(ang)) * u + np.float32(np.sin(ang)) * v)
                      + np.float32(rng.uniform(0, 2 * np.pi)))
-    img *= (1.0 - np.float32(rng.uniform(0.0, 0.2)) * (0.5 + 0.5 * grating))[..., None]
-    for _ in range(rng.integers(1, 6)):
+    img *= (1.0 - np.float32(rng.uniform(0.0, 0.15)) * (0.5 + 0.5 * grating))[..., None]
+    for _ in range(rng.integers(0, 5)):
         bx, by = rng.uniform(-1, 1, size=2)
         br = rng.uniform(0.05, 0.16)
         colour = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.1, 0.7), rng.uniform(0.3, 0.9))

@@ -135,3 +135,10 @@ def test_image_folder_round_trip_jpeg(data, tmp_path):
     assert sorted(names) == sorted(data.class_names[int(y)] for y in data.labels["train"])
     first = next(iter(ds))[0].numpy()
     assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+
+
+def test_write_image_folder_bad_arguments(data, tmp_path):
+    with pytest.raises(ValueError, match="'bmp'"):
+        synthetic.write_image_folder(data, str(tmp_path), format="bmp")
+    with pytest.raises(ValueError, match="'holdout'"):
+        synthetic.write_image_folder(data, str(tmp_path), splits=("holdout",))
