@@ -50,7 +50,7 @@ class KernelPoolingConfig:
     order: int = 4
     dims: int = 4096
     coefficients: str = "learned"  # "learned", "rbf" or comma-separated alphas
-    gamma: float = 0.0  # 0 = estimate from backbone features (with model.logistic_init), else 1.0
+    gamma: float = 0.0  # 0 = 1 / mean <x, y> of backbone features at the start of training
     normalize: bool = True
 
 
@@ -66,7 +66,7 @@ class ModelConfig:
     bias_init: str = "zeros"  # "zeros" or "prior" (b = -log((1 - pi) / pi), pi = 1/C; for sigmoid/focal)
     flip_test: bool = False  # average predictions over the image and its horizontal flip
     logistic_init: bool = False  # init the classifier by logistic regression on frozen features
-    logistic_init_batches: int = 20  # train batches used for that fit (and for kernel gamma)
+    init_batches: int = 20  # train batches for the kernel gamma estimate and the logistic init
 
 
 @dataclasses.dataclass

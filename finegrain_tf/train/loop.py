@@ -20,7 +20,8 @@ import tensorflow as tf
 from absl import logging
 
 from finegrain_tf.data.pipeline import build_datasets
-from finegrain_tf.models.heads import init_classifier_by_logistic_regression
+from finegrain_tf.models.heads import (adapt_kernel_pooling_gamma,
+                                       init_classifier_by_logistic_regression)
 from finegrain_tf.models.initializers import configure_weight_decay
 from finegrain_tf.train import evaluation
 from finegrain_tf.train.config import ExperimentConfig, save_params
@@ -102,12 +103,17 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step.numpy()))
     resumed_from = int(step.numpy())
-    if resumed_from == 0 and cfg.model.logistic_init:
-        # §3.3.1: kernel gamma from backbone features, then the classifier from a logistic regression
-        # on the pooled features of the frozen backbone (augmented train batches).
-        fit = init_classifier_by_logistic_regression(model, train_ds,
-                                                     steps=cfg.model.logistic_init_batches)
-        logging.info("classifier initialised by logistic regression: %s", fit)
+    if resumed_from == 0:
+        # §3.3: kernel gamma = 1 / mean <x, y> of backbone features (layers configured with gamma 0),
+        # then optionally (§3.3.1) the classifier from a logistic regression on the pooled features
+        # of the frozen backbone; both on augmented train batches.
+        gammas = adapt_kernel_pooling_gamma(model, train_ds, steps=cfg.model.init_batches)
+        if gammas:
+            logging.info("kernel pooling gamma estimated: %s", gammas)
+        if cfg.model.logistic_init:
+            fit = init_classifier_by_logistic_regression(model, train_ds,
+                                                         steps=cfg.model.init_batches)
+            logging.info("classifier initialised by logistic regression: %s", fit)
 
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
