@@ -36,6 +36,7 @@ class DatasetInfo:
     num_train: int
     num_eval: int
     skipped_files: list = dataclasses.field(default_factory=list)  # corrupt images (folder data)
+    superclass_of: Optional[np.ndarray] = None  # int64 [C] super-class of each class (synthetic data)
 
     @property
     def num_skipped(self) -> int:
@@ -60,6 +61,7 @@ class _Index:
     train_payload: object = None
     eval_payload: object = None
     skipped_files: list = dataclasses.field(default_factory=list)
+    superclass_of: Optional[np.ndarray] = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +163,8 @@ def _index_synthetic(data_cfg, keep_fn) -> _Index:
         if split not in data.images:
             raise ValueError(f"unknown synthetic split {split!r}; expected one of {list(synthetic.SPLITS)}")
     mapping, names = keep_fn(data.class_names)
-    return _Index(name="synthetic", class_names=names,
+    kept_classes = np.argsort(np.where(mapping >= 0, mapping, len(mapping)))[:len(names)]
+    return _Index(name="synthetic", class_names=names, superclass_of=data.superclass_of[kept_classes],
                   train=_apply_map(data.labels[data_cfg.train_split], mapping),
                   eval=_apply_map(data.labels[data_cfg.eval_split], mapping),
                   train_payload=data.images[data_cfg.train_split],
@@ -385,5 +388,6 @@ def build_datasets(data_cfg, global_batch_size: Optional[int] = None,
         train_class_counts=np.bincount(index.train.labels, minlength=num_classes).astype(np.int64),
         eval_class_counts=np.bincount(index.eval.labels, minlength=num_classes).astype(np.int64),
         num_train=int(len(index.train.labels)), num_eval=int(len(index.eval.labels)),
-        skipped_files=list(index.skipped_files))
+        skipped_files=list(index.skipped_files),
+        superclass_of=None if index.superclass_of is None else np.array(index.superclass_of))
     return train_ds, eval_ds, info

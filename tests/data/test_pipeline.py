@@ -36,6 +36,7 @@ def test_synthetic_shapes_counts_and_eval():
     train_ds, eval_ds, info = pipeline.build_datasets(_cfg())
     data = synthetic.generate_from_config(SYN)
     assert info.num_classes == 6 and info.class_names == data.class_names
+    np.testing.assert_array_equal(info.superclass_of, [0, 0, 0, 1, 1, 1])
     assert info.num_train == 48 and info.num_eval == 18
     np.testing.assert_array_equal(info.train_class_counts, [8] * 6)
     assert info.train_class_counts.dtype == np.int64
@@ -69,6 +70,8 @@ def test_class_filter_remaps_in_file_order(tmp_path):
     train_ds, eval_ds, info = pipeline.build_datasets(_cfg(class_filter=str(path)))
     names = synthetic.generate_from_config(SYN).class_names
     assert info.num_classes == 2 and info.class_names == [names[4], names[1]]
+    superclass_of = synthetic.generate_from_config(SYN).superclass_of
+    np.testing.assert_array_equal(info.superclass_of, superclass_of[[4, 1]])
     assert info.num_train == 16 and info.num_eval == 6
     np.testing.assert_array_equal(info.eval_class_counts, [3, 3])
     # Eval: original test order (class 1 before class 4) with new ids.
