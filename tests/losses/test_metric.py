@@ -321,3 +321,12 @@ def test_gather_across_replicas_mirrored_two_cpus():
     proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_xla_compiles_and_matches():
+    """Keras may jit-compile train steps on GPU: the sort/scatter mining must lower to XLA."""
+    labels, x = batch(12, n=16, classes=4)
+    for mining in ("violating", "semi_hard"):
+        fn = tf.function(lambda y, e, m=mining: tf.reduce_mean(triplet_loss(y, e, 0.2, m)), jit_compile=True)
+        assert float(fn(labels, x)) == pytest.approx(ref_triplet(labels, x, 0.2, mining, "squared_l2"),
+                                                      abs=1e-5)
