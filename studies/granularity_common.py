@@ -77,6 +77,8 @@ def coarse_setup(cache_dir: str = "runs/studies/_cache", epochs: int = 12):
     """(data, coarse-trained model, test features); cached in cache_dir."""
     import keras
 
+    import finegrain_tf.models.backbones  # noqa: F401  (registers the custom layers for loading)
+
     data = synthetic_data()
     os.makedirs(cache_dir, exist_ok=True)
     key = "_".join(f"{k}{v}" for k, v in sorted(DEFAULTS.items())) + f"_e{epochs}"

@@ -64,6 +64,18 @@ def _write_json(result: dict) -> None:
         logging.info("wrote %s", FLAGS.json)
 
 
+def _register_custom_objects() -> None:
+    """Imports the modules whose registered Keras classes a finegrain-train model.keras may use."""
+    import importlib
+
+    for name in ("finegrain_tf.layers", "finegrain_tf.models.backbones", "finegrain_tf.models.heads",
+                 "finegrain_tf.models.embedding", "finegrain_tf.models.initializers"):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # pragma: no cover - a module of the package missing
+            logging.warning("could not import %s: %s", name, e)
+
+
 def cmd_features() -> dict:
     import keras
 
@@ -78,6 +90,7 @@ def cmd_features() -> dict:
     for override in FLAGS.set:
         apply_override(cfg, override)
     validate(cfg)
+    _register_custom_objects()
     model = keras.models.load_model(FLAGS.model or os.path.join(model_dir, "model.keras"), compile=False)
     extractor = feats.feature_model(model, FLAGS.layer) if FLAGS.layer else model
     _, eval_ds, info = build_datasets(cfg.data)
