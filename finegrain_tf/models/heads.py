@@ -20,7 +20,6 @@ practice (§3.3.1) is available as options:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -30,15 +29,13 @@ from absl import logging
 
 from finegrain_tf.layers.kernel_pooling import (BilinearPooling, CompactBilinearPooling,
                                                 KernelPooling, kernel_pooling_layers)
+from finegrain_tf.layers.anchor_soft_vote import AnchorSoftVote, kmeans_anchors
+from finegrain_tf.layers.normalization import L2Normalize
 from finegrain_tf.models.backbones import get_backbone
+from finegrain_tf.models.initializers import PriorBias
 
 POOLINGS = ("avg", "bilinear", "compact_bilinear", "kernel")
-
-
-def prior_bias_initializer(num_classes: int) -> keras.initializers.Initializer:
-    """b = -log((1 - pi) / pi) with pi = 1 / C (seed 000 §5.4.2), for sigmoid / focal losses."""
-    pi = 1.0 / num_classes
-    return keras.initializers.Constant(-math.log((1.0 - pi) / pi))
+HEADS = ("linear", "anchor_vote")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +111,8 @@ def build_classifier(backbone, pooling: str = "avg", num_classes: int = 10, inpu
                      compact_dim: int = 8192, kernel_order: int = 4, kernel_dims=4096,
                      kernel_coefficients="learned", kernel_gamma: float | None = None,
                      kernel_normalize: bool = True, pooling_seed: int = 0,
-                     flip_test: bool = False) -> keras.Model:
+                     flip_test: bool = False, head: str = "linear", anchors_per_class: int = 3,
+                     anchor_gamma: float = 5.0) -> keras.Model:
     """Builds the classifier of the contract above.
 
     Args:
@@ -126,7 +124,7 @@ def build_classifier(backbone, pooling: str = "avg", num_classes: int = 10, inpu
       embedding_dim: > 0 adds a Dense projection (the "embedding" layer); else the pooled feature is
         the embedding.
       dropout: dropout rate before the classifier.
-      bias_init: "zeros" or "prior" (see `prior_bias_initializer`).
+      bias_init: "zeros" or "prior" (`PriorBias`: b = -log((1 - pi) / pi), pi = 1 / C, §5.4.2).
       compact_dim: output size of "compact_bilinear".
       kernel_order, kernel_dims, kernel_coefficients, kernel_gamma, kernel_normalize: `KernelPooling`'s
         order, dims, coefficients ("learned", "rbf", a list or "a0,...,ap"), gamma (None or 0 =
@@ -134,11 +132,18 @@ def build_classifier(backbone, pooling: str = "avg", num_classes: int = 10, inpu
         normalize.
       pooling_seed: hash seed of the sketching poolings.
       flip_test: average the scores over the image and its horizontal flip at inference.
+      head: "linear" (Dense logits) or "anchor_vote" (`AnchorSoftVote` over `anchors_per_class`
+        anchors per class with softness `anchor_gamma` on the L2-normalised embedding, §2.3.4;
+        initialise the anchors with `init_anchors_by_kmeans`).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
     if bias_init not in ("zeros", "prior"):
         raise ValueError(f"bias_init must be 'zeros' or 'prior', got {bias_init!r}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {list(HEADS)}")
+    if head == "anchor_vote" and bias_init != "zeros":
+        raise ValueError(f"bias_init={bias_init!r} needs a linear head; the anchor_vote head has no bias")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
     if isinstance(backbone, str):
@@ -157,9 +162,16 @@ def build_classifier(backbone, pooling: str = "avg", num_classes: int = 10, inpu
     else:
         embedding = keras.layers.Identity(name="embedding")(pooled)
     x = keras.layers.Dropout(dropout, name="dropout")(embedding) if dropout > 0 else embedding
-    bias = prior_bias_initializer(num_classes) if bias_init == "prior" else "zeros"
-    logits = keras.layers.Dense(num_classes, bias_initializer=bias, dtype="float32",
-                                name="logits")(x)
+    if head == "anchor_vote":
+        # Eq 2.3 as logits s_i = logsumexp_j(-gamma ||f(x) - u_ij||^2) on the L2-normalised
+        # embedding: softmax(s) = p of eq 2.3 and cross-entropy on s = eq 2.4.
+        unit = L2Normalize(name="embedding_l2")(x)
+        logits = AnchorSoftVote(num_classes, anchors_per_class, anchor_gamma, output_mode="logits",
+                                dtype="float32", name="logits")(unit)
+    else:
+        bias = PriorBias(num_classes) if bias_init == "prior" else "zeros"
+        logits = keras.layers.Dense(num_classes, bias_initializer=bias, dtype="float32",
+                                    name="logits")(x)
     return keras.Model(inputs, logits, name=name)
 
 
@@ -176,7 +188,8 @@ def classifier_kwargs_from_config(model_cfg) -> dict:
                 kernel_order=kp.order, kernel_dims=kp.dims,
                 kernel_coefficients=parse_coefficients(kp.coefficients),
                 kernel_gamma=kp.gamma or None, kernel_normalize=kp.normalize,
-                flip_test=model_cfg.flip_test)
+                flip_test=model_cfg.flip_test, head=model_cfg.head,
+                anchors_per_class=model_cfg.anchors_per_class, anchor_gamma=model_cfg.anchor_gamma)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,3 +281,28 @@ def init_classifier_by_logistic_regression(model: keras.Model, dataset, steps: i
     logging.info("logistic regression init: %d examples, %d features, train accuracy %.3f",
                  len(labels), feats.shape[1], accuracy)
     return {"gamma": gammas, "train_accuracy": accuracy, "num_examples": int(len(labels))}
+
+
+def init_anchors_by_kmeans(model: keras.Model, dataset, steps: int | None = None,
+                           seed: int = 0) -> int:
+    """Places the anchors of an "anchor_vote" head by per-class k-means of the L2-normalised
+    embeddings of `dataset` (§2.3.4); classes absent from those batches keep their random anchors.
+    Returns the number of embeddings used."""
+    head = model.get_layer("logits")
+    if not isinstance(head, AnchorSoftVote):
+        raise ValueError("init_anchors_by_kmeans needs a model built with head='anchor_vote'")
+    extractor = keras.Model(model.inputs, model.get_layer("embedding_l2").output)
+    feats, labels = [], []
+    for images, y in _batches(dataset, steps):
+        feats.append(np.asarray(extractor.predict_on_batch(images), np.float64))
+        labels.append(np.asarray(y).reshape(-1).astype(np.int64))
+    if not feats:
+        raise ValueError("dataset yielded no batches")
+    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    anchors = np.asarray(keras.ops.convert_to_numpy(head.anchors)).copy()
+    present = np.unique(labels)
+    remap = np.searchsorted(present, labels)
+    anchors[present] = kmeans_anchors(feats, remap, head.anchors_per_class,
+                                      num_classes=len(present), seed=seed)
+    head.set_anchors(anchors)
+    return len(labels)

@@ -64,6 +64,9 @@ class ModelConfig:
     embedding_dim: int = 0  # > 0 adds a Dense projection before the classifier
     dropout: float = 0.0
     bias_init: str = "zeros"  # "zeros" or "prior" (b = -log((1 - pi) / pi), pi = 1/C; for sigmoid/focal)
+    head: str = "linear"  # "linear" or "anchor_vote" (eq 2.3 soft voting over anchors; Triplet-A)
+    anchors_per_class: int = 3
+    anchor_gamma: float = 5.0
     flip_test: bool = False  # average predictions over the image and its horizontal flip
     logistic_init: bool = False  # init the classifier by logistic regression on frozen features
     init_batches: int = 20  # train batches for the kernel gamma estimate and the logistic init
@@ -234,6 +237,7 @@ def apply_override(cfg: Any, override: str) -> Any:
 _CHOICES = {
         "model.pooling": ("avg", "bilinear", "compact_bilinear", "kernel"),
         "model.bias_init": ("zeros", "prior"),
+    "model.head": ("linear", "anchor_vote"),
         "loss.name": ("softmax", "class_balanced", "logit_adjusted", "balanced_softmax", "ldam", "hns",
                                     "hnm"),
         "loss.loss_type": ("softmax", "sigmoid", "focal"),
@@ -268,6 +272,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ValueError(f"loss.beta must be in [0, 1), got {cfg.loss.beta!r}")
     if not 0 <= cfg.loss.triplet_weight <= 1:
         raise ValueError(f"loss.triplet_weight must be in [0, 1], got {cfg.loss.triplet_weight!r}")
+    if cfg.model.head == "anchor_vote" and cfg.model.logistic_init:
+        raise ValueError("model.logistic_init fits a linear classifier; it does not apply to "
+                         "model.head='anchor_vote' (its anchors start from k-means)")
     if cfg.data.resize_size and cfg.data.resize_size < cfg.data.image_size:
         raise ValueError(f"data.resize_size={cfg.data.resize_size} is smaller than data.image_size="
                                           f"{cfg.data.image_size}")

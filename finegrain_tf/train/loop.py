@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from finegrain_tf.data.pipeline import build_datasets
-from finegrain_tf.models.heads import (adapt_kernel_pooling_gamma,
+from finegrain_tf.models.heads import (adapt_kernel_pooling_gamma, init_anchors_by_kmeans,
                                        init_classifier_by_logistic_regression)
 from finegrain_tf.models.initializers import configure_weight_decay
 from finegrain_tf.train import evaluation
@@ -110,6 +110,9 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
         gammas = adapt_kernel_pooling_gamma(model, train_ds, steps=cfg.model.init_batches)
         if gammas:
             logging.info("kernel pooling gamma estimated: %s", gammas)
+        if cfg.model.head == "anchor_vote":
+            used = init_anchors_by_kmeans(model, train_ds, steps=cfg.model.init_batches)
+            logging.info("anchors initialised by k-means on %d embeddings", used)
         if cfg.model.logistic_init:
             fit = init_classifier_by_logistic_regression(model, train_ds,
                                                          steps=cfg.model.init_batches)

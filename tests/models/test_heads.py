@@ -175,3 +175,39 @@ def test_synthetic_config_builds_classifier():
     model = heads.build_classifier(cfg.model.backbone, num_classes=4, input_size=cfg.data.image_size,
                                    **heads.classifier_kwargs_from_config(cfg.model))
     assert model.get_layer("embedding").output.shape == (None, 1 + 256 + 3 * 512)
+
+
+def test_anchor_vote_head_matches_eq_2_3_and_round_trips(synthetic, tmp_path):
+    from finegrain_tf.layers import AnchorSoftVote
+    model = heads.build_classifier("small_cnn", num_classes=4, input_size=S, embedding_dim=8,
+                                   head="anchor_vote", anchors_per_class=2, anchor_gamma=5.0)
+    assert isinstance(model.get_layer("logits"), AnchorSoftVote)
+    images, labels = synthetic
+    used = heads.init_anchors_by_kmeans(model, [(images, labels)])
+    assert used == len(labels)
+    # softmax of the logits is eq 2.3 on the L2-normalised embedding (naive float64 numpy).
+    unit = keras.Model(model.inputs, model.get_layer("embedding_l2").output)(images[:3]).numpy()
+    anchors = model.get_layer("logits").anchors.numpy().astype(np.float64)
+    votes = np.exp(-5.0 * ((unit[:, None, None, :] - anchors[None]) ** 2).sum(-1)).sum(-1)
+    np.testing.assert_allclose(tf.nn.softmax(model(images[:3])).numpy(),
+                               votes / votes.sum(1, keepdims=True), atol=1e-5)
+    # k-means put every class's anchors among that class's embeddings: near, not random.
+    emb = keras.Model(model.inputs, model.get_layer("embedding_l2").output)(images).numpy()
+    for c in range(4):
+        centre = emb[labels == c].mean(0)
+        assert np.linalg.norm(anchors[c].mean(0) - centre) < 0.5
+    path = str(tmp_path / "anchor.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(images[:3]), model(images[:3]),
+                               atol=1e-6)
+
+
+def test_anchor_vote_head_rejects_prior_bias_and_linear_init():
+    with pytest.raises(ValueError, match="prior"):
+        heads.build_classifier("small_cnn", num_classes=4, input_size=S, head="anchor_vote",
+                               bias_init="prior")
+    with pytest.raises(ValueError, match="unknown head 'mlp'"):
+        heads.build_classifier("small_cnn", num_classes=4, input_size=S, head="mlp")
+    linear = heads.build_classifier("small_cnn", num_classes=4, input_size=S)
+    with pytest.raises(ValueError, match="anchor_vote"):
+        heads.init_anchors_by_kmeans(linear, [(_images(4), np.arange(4))])
