@@ -46,6 +46,7 @@ flags.DEFINE_string("output_dir", "runs/studies/domain_similarity_transfer", "wh
 flags.DEFINE_integer("num_domains", 4, "super-classes used as sources / targets")
 flags.DEFINE_integer("epochs", 15, "pre-training epochs per source CNN")
 flags.DEFINE_integer("train_per_class", 40, "train images per class")
+flags.DEFINE_integer("image_size", 32, "image side (the synthetic generator's default is 64)")
 flags.DEFINE_float("gamma", 0.01, "gamma of sim = exp(-gamma EMD) (the seed's 0.01)")
 
 
@@ -67,7 +68,7 @@ def main(argv):
 
     t0 = time.time()
     data = common.synthetic_data(num_classes=80, num_superclasses=8, train_per_class=FLAGS.train_per_class,
-                                 test_per_class=20)
+                                 test_per_class=20, image_size=FLAGS.image_size)
     sup = data.superclass_of
     classes_of = {s: np.flatnonzero(sup == s) for s in range(8)}
     source_pool = np.concatenate([classes_of[s][:5] for s in range(8)])

@@ -203,3 +203,11 @@ def test_ground_distance_accuracy():
     want = np.array([[math.sqrt(sum((float(u) - float(v)) ** 2 for u, v in zip(a, b))) for b in t]
                      for a in s])
     np.testing.assert_allclose(ds.ground_distance(s, t), want, rtol=1e-9, atol=1e-15)
+
+
+def test_class_list_is_read_by_the_training_pipeline(tmp_path):
+    # The data pipeline's data.class_filter reader keeps the listed classes in file order.
+    pipeline = pytest.importorskip("finegrain_tf.data.pipeline")
+    ids = union_source_classes([SourceSelection(np.array([5, 2]), np.array([0.9, 0.8])), [7, 2]])
+    path = write_class_list(str(tmp_path / "subset_a.txt"), ids)
+    assert pipeline.read_class_filter(path, [f"c{i}" for i in range(10)]).tolist() == [5, 2, 7]
