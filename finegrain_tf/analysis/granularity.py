@@ -27,6 +27,13 @@ Definitions used throughout (they make the measures well defined on ties):
 * Ratios with a zero denominator: 0/0 := 1 and a/0 := inf (only possible with duplicated points
   across classes).
 
+Findings (kept, not "fixed"): RSM and RankM are granularity consistent (Definition 4) only while
+the class medoids stay the same — a consistent transformation that moves a medoid can raise both
+(explicit counterexample in tests/analysis/test_granularity_axioms.py), contrary to the seed's
+Proposition 2.  On the two-Gaussian simulation (Fig. 6.4, studies/granularity_two_gaussians.py) RSM
+first *rises* (1.005 at m=0 -> 1.067 at m=1) before falling: its mean of ratios is dominated by
+samples that sit next to the other class's medoid.  RS, Rank and RankM decrease monotonically.
+
 Computation is vectorised and chunked (blocks of at most ``chunk_size`` rows) so memory stays
 bounded: RSM and RankM need the k medoids (pairwise distances within each class, in row blocks)
 and then O(nk) distance evaluations; RS, Rank and the silhouette need all O(n^2) distances.
