@@ -28,3 +28,38 @@ class L2Normalize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="finegrain_tf")
+class Rescale(keras.layers.Layer):
+    """x * scale + offset, a serializable stand-in for the per-family preprocess_input functions."""
+
+    def __init__(self, scale, offset, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = [float(s) for s in scale] if isinstance(scale, (list, tuple)) else float(scale)
+        self.offset = [float(o) for o in offset] if isinstance(offset, (list, tuple)) else float(offset)
+
+    def call(self, inputs):
+        scale = keras.ops.convert_to_tensor(self.scale, dtype=self.compute_dtype)
+        offset = keras.ops.convert_to_tensor(self.offset, dtype=self.compute_dtype)
+        return keras.ops.cast(inputs, self.compute_dtype) * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+@keras.saving.register_keras_serializable(package="finegrain_tf")
+class CaffeNormalize(keras.layers.Layer):
+    """RGB->BGR and ImageNet mean subtraction (keras.applications 'caffe' mode)."""
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype)
+        x = keras.ops.flip(x, axis=-1)
+        mean = keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
+        return x - mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -11,6 +11,8 @@ import os
 
 import keras
 
+from finegrain_tf.layers.normalization import CaffeNormalize, Rescale
+
 # name -> (constructor, input normalisation family of its ImageNet weights)
 _APPLICATIONS = {
     "ResNet50": (keras.applications.ResNet50, "caffe"),
@@ -32,27 +34,6 @@ _MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "VGG16": 32, "MobileNet
 BACKBONES = ("small_cnn",) + tuple(_APPLICATIONS)
 
 
-@keras.saving.register_keras_serializable(package="finegrain_tf")
-class Rescale(keras.layers.Layer):
-    """x * scale + offset, a serializable stand-in for the per-family preprocess_input functions."""
-
-    def __init__(self, scale, offset, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = [float(s) for s in scale] if isinstance(scale, (list, tuple)) else float(scale)
-        self.offset = [float(o) for o in offset] if isinstance(offset, (list, tuple)) else float(offset)
-
-    def call(self, inputs):
-        scale = keras.ops.convert_to_tensor(self.scale, dtype=self.compute_dtype)
-        offset = keras.ops.convert_to_tensor(self.offset, dtype=self.compute_dtype)
-        return keras.ops.cast(inputs, self.compute_dtype) * scale + offset
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
-
-
 def _normalizer(name: str) -> keras.layers.Layer:
     """The input normalisation that keras.applications' preprocess_input applies, as a layer."""
     family = _APPLICATIONS[name][1]
@@ -61,20 +42,6 @@ def _normalizer(name: str) -> keras.layers.Layer:
     if family == "caffe":  # BGR order minus the ImageNet mean
         return CaffeNormalize(name="normalize")
     return Rescale(1.0, 0.0, name="normalize")  # EfficientNets normalise inside the model
-
-
-@keras.saving.register_keras_serializable(package="finegrain_tf")
-class CaffeNormalize(keras.layers.Layer):
-    """RGB->BGR and ImageNet mean subtraction (keras.applications 'caffe' mode)."""
-
-    def call(self, inputs):
-        x = keras.ops.cast(inputs, self.compute_dtype)
-        x = keras.ops.flip(x, axis=-1)
-        mean = keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
-        return x - mean
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
 
 def small_cnn(input_size: int, width: int = 32, name: str = "small_cnn") -> keras.Model:

@@ -30,6 +30,7 @@ from absl import logging
 from finegrain_tf.layers.kernel_pooling import (BilinearPooling, CompactBilinearPooling,
                                                 KernelPooling, kernel_pooling_layers)
 from finegrain_tf.layers.anchor_soft_vote import AnchorSoftVote, kmeans_anchors
+from finegrain_tf.layers.flip import FlipTestAugment, FlipTestAverage
 from finegrain_tf.layers.normalization import L2Normalize
 from finegrain_tf.models.backbones import get_backbone
 from finegrain_tf.models.initializers import PriorBias
@@ -40,35 +41,6 @@ HEADS = ("linear", "anchor_vote")
 
 # --------------------------------------------------------------------------------------------------
 # Flip-averaged inference (seed 000 §3.3.1)
-
-
-@keras.saving.register_keras_serializable(package="finegrain_tf")
-class FlipTestAugment(keras.layers.Layer):
-    """Inference: [B, H, W, C] -> [2B, H, W, C] = concat(x, horizontal flip of x). Training: identity."""
-
-    def call(self, inputs, training=False):
-        if training:
-            return inputs
-        return tf.concat([inputs, tf.reverse(inputs, axis=[2])], axis=0)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
-@keras.saving.register_keras_serializable(package="finegrain_tf")
-class FlipTestAverage(keras.layers.Layer):
-    """Inference: [2B, ...] -> [B, ...], the mean of the two halves made by `FlipTestAugment`.
-    Training: identity. Averages in float32 and returns the compute dtype."""
-
-    def call(self, inputs, training=False):
-        if training:
-            return inputs
-        x = tf.cast(inputs, tf.float32)
-        halves = tf.reshape(x, tf.concat([[2, -1], tf.shape(x)[1:]], 0))
-        return tf.cast(tf.reduce_mean(halves, 0), self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,6 +198,18 @@ def adapt_kernel_pooling_gamma(model: keras.Model, dataset, steps: int | None = 
     return gammas
 
 
+def _features_and_labels(model: keras.Model, output, dataset, steps):
+    """float64 features of the graph tensor `output` of `model` (inference mode) and int labels."""
+    extractor = keras.Model(model.inputs, output)
+    feats, labels = [], []
+    for images, y in _batches(dataset, steps):
+        feats.append(np.asarray(extractor.predict_on_batch(images), np.float64))
+        labels.append(np.asarray(y).reshape(-1).astype(np.int64))
+    if not feats:
+        raise ValueError("dataset yielded no batches")
+    return np.concatenate(feats), np.concatenate(labels)
+
+
 def init_classifier_by_logistic_regression(model: keras.Model, dataset, steps: int | None = None,
                                            C: float = 1.0, max_iter: int = 300,
                                            adapt_gamma: bool = True) -> dict:
@@ -247,14 +231,7 @@ def init_classifier_by_logistic_regression(model: keras.Model, dataset, steps: i
 
     logits_layer = model.get_layer("logits")
     gammas = adapt_kernel_pooling_gamma(model, dataset, steps) if adapt_gamma else {}
-    extractor = keras.Model(model.inputs, logits_layer.input)
-    feats, labels = [], []
-    for images, y in _batches(dataset, steps):
-        feats.append(np.asarray(extractor.predict_on_batch(images), np.float64))
-        labels.append(np.asarray(y).reshape(-1).astype(np.int64))
-    if not feats:
-        raise ValueError("dataset yielded no batches")
-    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    feats, labels = _features_and_labels(model, logits_layer.input, dataset, steps)
     num_classes = int(logits_layer.units)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must be in [0, {num_classes}), got range "
@@ -291,14 +268,8 @@ def init_anchors_by_kmeans(model: keras.Model, dataset, steps: int | None = None
     head = model.get_layer("logits")
     if not isinstance(head, AnchorSoftVote):
         raise ValueError("init_anchors_by_kmeans needs a model built with head='anchor_vote'")
-    extractor = keras.Model(model.inputs, model.get_layer("embedding_l2").output)
-    feats, labels = [], []
-    for images, y in _batches(dataset, steps):
-        feats.append(np.asarray(extractor.predict_on_batch(images), np.float64))
-        labels.append(np.asarray(y).reshape(-1).astype(np.int64))
-    if not feats:
-        raise ValueError("dataset yielded no batches")
-    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    feats, labels = _features_and_labels(model, model.get_layer("embedding_l2").output, dataset,
+                                         steps)
     anchors = np.asarray(keras.ops.convert_to_numpy(head.anchors)).copy()
     present = np.unique(labels)
     remap = np.searchsorted(present, labels)

@@ -59,7 +59,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     """Trains `cfg` to `cfg.train.steps` (resuming if checkpoints exist), then evaluates and saves.
 
     Writes into `cfg.train.model_dir`: params.yaml, checkpoints/, logs/ (TensorBoard), model.keras,
-    class_names.txt, class_counts.json, eval_report.json.
+    backbone.weights.h5, class_names.txt, class_counts.json, eval_report.json.
     """
     start_time = time.time()
     strategy = strategy or make_strategy(cfg.train.strategy, cfg.train.tpu)
@@ -179,10 +179,14 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
 
 
 def _save_artifacts(cfg, model, info, report, model_dir) -> None:
-    """model.keras (a strategy-free copy), class names/counts and the evaluation report."""
+    """model.keras (a strategy-free copy), backbone weights, class names/counts, eval report."""
     plain = build_model(cfg, info.num_classes)
     plain.set_weights(model.get_weights())
     plain.save(os.path.join(model_dir, "model.keras"))
+    # The backbone alone, for a second stage (`model.weights=<model_dir>/backbone.weights.h5`),
+    # e.g. a kernel-pooling head fine-tuned on a trained backbone as in seed 000 §3.3.1.
+    backbone = next(layer for layer in plain.layers if isinstance(layer, keras.Model))
+    backbone.save_weights(os.path.join(model_dir, "backbone.weights.h5"))
     with open(os.path.join(model_dir, "class_names.txt"), "w") as f:
         f.write("\n".join(info.class_names) + "\n")
     with open(os.path.join(model_dir, "class_counts.json"), "w") as f:

@@ -45,8 +45,8 @@ def test_default_strategy_run_writes_artifacts(tmp_path):
     out = subprocess.run(_train_cmd(model_dir, "train.steps=3", "train.checkpoint_every=2"),
                          env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    for name in ("params.yaml", "model.keras", "class_names.txt", "class_counts.json",
-                 "eval_report.json"):
+    for name in ("params.yaml", "model.keras", "backbone.weights.h5", "class_names.txt",
+                 "class_counts.json", "eval_report.json"):
         assert os.path.exists(os.path.join(model_dir, name)), name
     report = _report(model_dir)
     assert report["train_steps"] == 3
@@ -55,6 +55,12 @@ def test_default_strategy_run_writes_artifacts(tmp_path):
     assert "top1" in out.stdout and "balanced_accuracy" in out.stdout
     with open(os.path.join(model_dir, "params.yaml")) as f:
         assert yaml.safe_load(f)["train"]["steps"] == 3
+    # A fresh process needs only `import finegrain_tf.layers` to load the model file.
+    load = subprocess.run(
+        [sys.executable, "-c", "import keras, finegrain_tf.layers, sys; "
+         f"m = keras.models.load_model({os.path.join(model_dir, 'model.keras')!r}); "
+         "print('OUTPUT', m.output.shape)"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert "OUTPUT (None, 4)" in load.stdout, load.stderr[-2000:]
     checkpoints = os.listdir(os.path.join(model_dir, "checkpoints"))
     assert any(c.startswith("ckpt-2.") for c in checkpoints)
     assert any(c.startswith("ckpt-3.") for c in checkpoints)
