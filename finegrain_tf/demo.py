@@ -1,14 +1,17 @@
 """`make demo`: the whole flow on the embedded synthetic dataset, offline, on CPU.
 
-  data -> train (configs/demo.yaml) -> evaluate -> export for TF Serving -> reload through the TF1
-  session loader (TF Serving's path) and classify held-out JPEGs -> serve over gRPC with the dev
-  server and look up nearest gallery images by embedding.
+  data (long-tailed) -> stage 1: train a small CNN (configs/demo.yaml) -> stage 2: a kernel-pooling
+  head on that backbone, initialised by logistic regression and fine-tuned with a class-balanced
+  loss (configs/demo_kernel_finetune.yaml) -> evaluate (overall / head / tail) -> export for TF
+  Serving -> reload through the TF1 session loader (TF Serving's path) and classify held-out JPEGs
+  -> serve over gRPC with the dev server and look up nearest gallery images by embedding.
 
-  python -m finegrain_tf.demo --workdir runs/demo [--config configs/demo.yaml] [--set k=v ...]
+  python -m finegrain_tf.demo --workdir runs/demo [--config ...] [--finetune_config ...] [--set k=v]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -19,12 +22,24 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Output folder (wiped at start).")
 flags.DEFINE_multi_string("config", ["configs/demo.yaml"], "Experiment config(s).")
-flags.DEFINE_multi_string("set", [], "Config overrides `section.key=value`.")
+flags.DEFINE_multi_string("finetune_config", ["configs/demo_kernel_finetune.yaml"],
+                          "Stage-2 config(s), applied on top of --config; empty to skip stage 2.")
+flags.DEFINE_multi_string("set", [], "Config overrides `section.key=value` (both stages).")
 flags.DEFINE_integer("show", 8, "Held-out images to classify in the printed tables.")
 
 
 def _section(title: str, started: float) -> None:
     print(f"\n=== {title}  [t={time.time() - started:5.1f}s]", flush=True)
+
+
+def _compare_reports(reports: dict) -> str:
+    keys = ("top1", "top5", "balanced_accuracy", "head_accuracy", "tail_accuracy")
+    lines = [f"{'metric':<20}" + "".join(f"{name:>10}" for name in reports)]
+    for key in keys:
+        cells = [r.get(key) for r in reports.values()]
+        lines.append(f"{key:<20}" + "".join(f"{c:>10.3f}" if c is not None else f"{'-':>10}"
+                                            for c in cells))
+    return "\n".join(lines)
 
 
 def _class_of(path: str) -> str:
@@ -37,13 +52,14 @@ def main(argv):
     from finegrain_tf.data import synthetic
     from finegrain_tf.serving import Client, SessionServable, export_from_model_dir, start_server_process
     from finegrain_tf.serving.export import load_model_dir, verify_export
-    from finegrain_tf.train import config, evaluation, loop
+    from finegrain_tf.train import config, loop
 
     started = time.time()
     if os.path.exists(FLAGS.workdir):
         shutil.rmtree(FLAGS.workdir)
-    model_dir = os.path.join(FLAGS.workdir, "model")
-    cfg = config.build_config(FLAGS.config, list(FLAGS.set) + [f"train.model_dir={model_dir}"])
+    stage1_dir = os.path.join(FLAGS.workdir, "stage1")
+    cfg = config.build_config(FLAGS.config, list(FLAGS.set) + [f"train.model_dir={stage1_dir}"])
+    finetune = [c for c in FLAGS.finetune_config if c]
 
     _section("1/5 data: embedded synthetic fine-grained dataset", started)
     data = synthetic.generate_from_config(cfg.data.synthetic)
@@ -52,18 +68,37 @@ def main(argv):
     print(f"{data.num_classes} classes in {len(data.superclass_names)} super-classes, "
           f"e.g. {', '.join(data.class_names[:3])}")
     print("images per split: " + ", ".join(f"{s}={len(v)}" for s, v in data.labels.items()))
-    if cfg.data.imbalance_factor > 1:
-        print(f"train split made long-tailed with imbalance factor {cfg.data.imbalance_factor:g}")
-    print(f"model: {cfg.model.backbone} backbone + {cfg.model.pooling} pooling; "
-          f"loss: {cfg.loss.name}"
-          + (f" ({cfg.loss.loss_type}, beta={cfg.loss.beta:g})" if cfg.loss.name == "class_balanced"
-             else ""))
 
-    _section(f"2/5 train: {cfg.train.steps} steps of {cfg.data.batch_size} images", started)
-    result = loop.train(cfg)
-    print(f"\ntrained in {result.seconds:.1f}s; test-split evaluation "
-          f"({result.report['num_examples']} images):")
-    print(evaluation.format_report(result.report))
+    _section(f"2/5 train: stage 1 ({cfg.train.steps} steps)"
+             + (" + stage 2 (fine-tune)" if finetune else ""), started)
+    runs = [("stage 1", cfg)]
+    if finetune:
+        model_dir = os.path.join(FLAGS.workdir, "stage2")
+        cfg2 = config.build_config(
+            FLAGS.config + finetune,
+            list(FLAGS.set) + [f"train.model_dir={model_dir}",
+                               f"model.weights={os.path.join(stage1_dir, 'backbone.weights.h5')}"])
+        runs.append(("stage 2", cfg2))
+    else:
+        model_dir = stage1_dir
+    reports = {}
+    for name, run_cfg in runs:
+        print(f"\n{name}: {run_cfg.model.backbone} + {run_cfg.model.pooling} pooling, loss "
+              f"{run_cfg.loss.name}"
+              + (f" (beta={run_cfg.loss.beta:g})" if run_cfg.loss.name == "class_balanced" else "")
+              + (", classifier initialised by logistic regression" if run_cfg.model.logistic_init
+                 else "")
+              + f", {run_cfg.train.steps} steps of {run_cfg.data.batch_size}")
+        result = loop.train(run_cfg)
+        reports[name] = result.report
+        print(f"{name} trained in {result.seconds:.1f}s")
+    if cfg.data.imbalance_factor > 1:
+        counts = json.load(open(os.path.join(stage1_dir, "class_counts.json")))
+        print(f"\ntrain split made long-tailed (imbalance factor {cfg.data.imbalance_factor:g}): "
+              f"{max(counts)} images in the largest class, {min(counts)} in the smallest; "
+              f"head = classes with >= {cfg.train.many_threshold} images")
+    print(f"\ntest split ({result.report['num_examples']} images, balanced):")
+    print(_compare_reports(reports))
 
     _section("3/5 export: SavedModel for TF Serving (classify, embed, lookup)", started)
     gallery = os.path.join(images_dir, "train")

@@ -7,8 +7,9 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["data.synthetic.num_classes=4", "data.synthetic.num_superclasses=2",
         "data.synthetic.train_per_class=8", "data.synthetic.test_per_class=4",
-        "data.synthetic.val_per_class=2", "data.batch_size=8", "train.steps=2",
-        "train.log_every=1"]
+        "data.synthetic.val_per_class=2", "data.batch_size=8", "data.imbalance_factor=2",
+        "train.steps=2", "train.log_every=1", "model.init_batches=2",
+        "model.kernel_pooling.dims=64"]
 
 
 def test_demo_runs_end_to_end(tmp_path):
@@ -19,8 +20,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     for stage in ("1/5 data", "2/5 train", "3/5 export", "4/5 classify", "5/5 serve"):
         assert stage in out.stdout
+    assert "stage 2: small_cnn + kernel pooling, loss class_balanced" in out.stdout
+    assert "head_accuracy" in out.stdout
     assert "gRPC classify == session loader: True" in out.stdout
     assert "embedding lookup precision@5" in out.stdout
     assert "demo finished" in out.stdout
     export_dir = tmp_path / "demo" / "serving" / "finegrain" / "1"
     assert (export_dir / "saved_model.pb").exists()
+    assert (tmp_path / "demo" / "stage1" / "backbone.weights.h5").exists()
