@@ -238,3 +238,23 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def format_table(paths, signature, outputs, k=None) -> str:
+    """Rows `image  rank  label  value` for classify/lookup; `image  dim  norm  first values` for embed."""
+    rows = []
+    if signature == "embed":
+        header = ("image", "dim", "norm", "first values")
+        for path, e in zip(paths, outputs["embeddings"]):
+            rows.append((path, str(e.shape[0]), f"{float((e ** 2).sum()) ** 0.5:.4f}",
+                         " ".join(f"{v:+.3f}" for v in e[:4])))
+    else:
+        labels, values, header = (("class_names", "scores", ("image", "rank", "class", "score"))
+                                  if signature != "lookup" else ("ids", "distances", ("image", "rank", "id", "distance")))
+        for path, names, vals in zip(paths, outputs[labels], outputs[values]):
+            for rank, (name, val) in enumerate(list(zip(names, vals))[:k or None], 1):
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                rows.append((path, str(rank), name, f"{float(val):.4f}"))
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

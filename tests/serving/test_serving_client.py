@@ -130,7 +130,7 @@ def test_client_argument_validation():
 
 
 def test_predict_table_format():
-    from finegrain_tf.serving.predict_main import format_table
+    from finegrain_tf.serving.client import format_table
 
     text = format_table(["a.jpg", "b.png"], "classify",
                         {"class_names": np.array([[b"x", b"y"], [b"z", b"w"]], dtype=object),
