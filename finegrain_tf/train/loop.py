@@ -82,6 +82,9 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     with strategy.scope():
         model = build_model(cfg, info.num_classes)
         optimizer = build_optimizer(cfg.optimizer, cfg.train.steps)
+        if keras.mixed_precision.global_policy().name == "mixed_float16":
+            # float16 gradients need loss scaling; model.fit wraps this itself, a custom loop must.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         if cfg.optimizer.weight_decay:
             configure_weight_decay(optimizer, model, cfg.optimizer.decay_bias,
                                    cfg.optimizer.decay_batchnorm)
@@ -131,7 +134,8 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
+        scaled = optimizer.scale_loss(loss)  # the loss-scale factor under mixed_float16
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         train_loss.update_state(loss * strategy.num_replicas_in_sync)
         train_acc.update_state(labels, logits)

@@ -67,6 +67,18 @@ def test_default_strategy_run_writes_artifacts(tmp_path):
     assert os.listdir(os.path.join(model_dir, "logs", "train"))
 
 
+def test_mixed_precision_run_with_class_balanced_focal_and_triplet_term(tmp_path):
+    model_dir = str(tmp_path / "run")
+    out = subprocess.run(
+        _train_cmd(model_dir, "train.steps=2", "train.mixed_precision=true",
+                   "loss.name=class_balanced", "loss.loss_type=focal", "model.bias_init=prior",
+                   "loss.triplet_weight=0.1", "optimizer.weight_decay=0.0001"),
+        env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = _report(model_dir)
+    assert report["train_steps"] == 2 and 0.0 <= report["top1"] <= 1.0
+
+
 def test_unknown_override_is_a_usage_error(tmp_path):
     out = subprocess.run(_train_cmd(str(tmp_path), "train.stepz=3"), env=ENV,
                          capture_output=True, text=True, timeout=120)
