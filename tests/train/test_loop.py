@@ -132,7 +132,7 @@ def test_two_worker_multi_worker_mirrored(tmp_path):
 
 def test_killed_run_resumes_from_checkpoint(tmp_path):
     model_dir = str(tmp_path / "run")
-    cmd = _train_cmd(model_dir, "train.steps=60", "train.checkpoint_every=5")
+    cmd = _train_cmd(model_dir, "train.steps=200", "train.checkpoint_every=5")
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     ckpt_dir = os.path.join(model_dir, "checkpoints")
@@ -152,4 +152,4 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     assert resumed, out.stderr[-2000:]
     resumed_step = int(resumed[0].rsplit("step", 1)[1])
     assert resumed_step >= 5 and resumed_step % 5 == 0
-    assert _report(model_dir)["train_steps"] == 60
+    assert _report(model_dir)["train_steps"] == 200
