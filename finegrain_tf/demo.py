@@ -17,7 +17,7 @@ import shutil
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Output folder (wiped at start).")
@@ -54,6 +54,7 @@ def main(argv):
     from finegrain_tf.serving.export import load_model_dir, verify_export
     from finegrain_tf.train import config, loop
 
+    logging.set_verbosity(logging.WARNING)  # the demo prints its own summary of each stage
     started = time.time()
     if os.path.exists(FLAGS.workdir):
         shutil.rmtree(FLAGS.workdir)
