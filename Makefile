@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install system-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
-	$(PY) -m pip install -e ".[serving,test]"
+	$(PY) -m pip install -e ".[serving,review,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +22,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m finegrain_tf.demo --workdir runs/demo
 
-test: $(STAMP)
+# What the tests need from Debian: Chromium + ChromeDriver (the review app's browser test) and
+# PostgreSQL's server programs (the label store's suite). Installed only when missing (CI runs as root).
+PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || [ -z "$(PG_BIN)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver postgresql; \
+	  else \
+	    echo "system-deps: run as root (or sudo apt-get install chromium chromium-driver postgresql)"; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 clean:
