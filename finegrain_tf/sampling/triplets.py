@@ -7,89 +7,33 @@ reference image x of class c:
 1. Local positives (§2.3.3): the positive is drawn from the nearest `positive_fraction` (seed: 60%) of
    the other images of class c in feature space, so a class may spread along a manifold instead of
    being pulled into a sphere (eq 2.2). `positive_fraction=1` samples from the whole class.
-2. Hard negatives (§2.3.2): negatives come from other classes, and only those violating the margin
-   against the chosen positive are kept: ||f(x) - f(x_n)||^2 < ||f(x) - f(x_p)||^2 + m.
-3. Human hard negatives (§2.4.3): images that were wrongly proposed for class c (false positives
-   marked by labellers) are mixed in, in the same number as the class negatives.
-
-Neighbour search uses chunked numpy matrix products (no Python loop over pairs); the loops run over
-classes and anchor chunks only. `negatives="random"` with `positive_fraction=1` gives the naive
-sampling of Triplet-Naive.
+2. Class negatives (§2.3.2), from other classes, by `negatives`:
+   - "violating": uniform among those violating the margin against the chosen positive,
+     ||f(x) - f(x_n)||^2 < ||f(x) - f(x_p)||^2 + m (the seed's choice: the hardest ones are often
+     label noise);
+   - "hardest": the violator with the largest ||f(x)-f(x_p)||^2 - ||f(x)-f(x_n)||^2;
+   - "random": any image of another class (Triplet-Naive).
+   Anchors with no violating negative give no triplet this round.
+3. Human hard negatives (§2.4.3): images wrongly proposed for class c (false positives marked by
+   labellers) form extra triplets with the same anchor and positive, as many as the class negatives,
+   and every batch holds the two kinds 1:1.
 
 Triplets are indices into a pool: training items 0..n-1, then human hard negatives n..n+H-1.
+The local-positive search uses scikit-learn's exact nearest neighbours per class; the negative search
+scans blocks of the pool with matrix products (no Python loop over pairs).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
-import os
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from absl import logging
+from sklearn.neighbors import NearestNeighbors
 
-NEGATIVE_MODES = ("violating", "random")
-
-
-@dataclasses.dataclass
-class HardNegatives:
-    """Human-labelled hard negatives: `items[i]` (image id or path) was wrongly proposed for `classes[i]`."""
-    items: list
-    classes: np.ndarray  # int64 [H]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-_ITEM_KEYS = ("image", "path", "image_path", "id", "image_id", "file")
-_CLASS_KEYS = ("class", "proposed_class", "label", "class_id", "class_name")
-
-
-def _pick(row: dict, keys, path, line):
-    for k in keys:
-        if k in row and row[k] not in (None, ""):
-            return row[k]
-    raise ValueError(f"{path}: row {line} has none of the columns {list(keys)}: {row!r}")
-
-
-def load_hard_negatives(path: str, class_names: Optional[Sequence[str]] = None) -> HardNegatives:
-    """Reads a CSV (header row) or JSONL file of (image id/path, class it was wrongly proposed for).
-
-    Columns/keys: one of image|path|image_path|id|image_id|file and one of
-    class|proposed_class|label|class_id|class_name. A class is an int id or, with `class_names`, a name.
-    """
-    if not os.path.exists(path):
-        raise ValueError(f"hard-negative file not found: {path!r}")
-    rows = []
-    if path.endswith((".jsonl", ".json")):
-        with open(path) as f:
-            for line, text in enumerate(f, 1):
-                if text.strip():
-                    rows.append((line, json.loads(text)))
-    else:
-        with open(path, newline="") as f:
-            for line, row in enumerate(csv.DictReader(f), 2):
-                rows.append((line, row))
-    index = {name: i for i, name in enumerate(class_names)} if class_names is not None else None
-    items, classes = [], []
-    for line, row in rows:
-        item = _pick(row, _ITEM_KEYS, path, line)
-        cls = _pick(row, _CLASS_KEYS, path, line)
-        if index is not None and str(cls) in index:
-            cls = index[str(cls)]
-        else:
-            try:
-                cls = int(cls)
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: row {line}: unknown class {cls!r}") from None
-        if cls < 0 or (class_names is not None and cls >= len(class_names)):
-            raise ValueError(f"{path}: row {line}: class {cls!r} out of range")
-        items.append(str(item))
-        classes.append(cls)
-    return HardNegatives(items=items, classes=np.asarray(classes, np.int64))
+NEGATIVE_MODES = ("violating", "hardest", "random")
 
 
 @dataclasses.dataclass
@@ -105,7 +49,7 @@ class TripletSet:
 
     def as_array(self) -> np.ndarray:
         """[T, 3] int64 (anchor, positive, negative)."""
-        return np.stack([self.anchors, self.positives, self.negatives], axis=1)
+        return np.stack([self.anchors, self.positives, self.negatives], axis=1).astype(np.int64)
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -113,12 +57,16 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
+def _check_fraction(positive_fraction: float) -> None:
+    if not 0.0 < positive_fraction <= 1.0:
+        raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction!r}")
+
+
 def local_positive_neighbours(embeddings: np.ndarray, labels: np.ndarray,
                               positive_fraction: float = 0.6) -> list:
     """Per item, the indices of its nearest ceil(fraction * (n_c - 1)) same-class neighbours (itself
     excluded), nearest first. Items alone in their class get an empty array."""
-    if not 0.0 < positive_fraction <= 1.0:
-        raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction!r}")
+    _check_fraction(positive_fraction)
     x = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels).reshape(-1)
     out = [np.zeros((0,), np.int64)] * len(labels)
@@ -128,14 +76,49 @@ def local_positive_neighbours(embeddings: np.ndarray, labels: np.ndarray,
         if n_c < 2:
             continue
         k = max(1, int(math.ceil(positive_fraction * (n_c - 1))))
-        for start in range(0, n_c, 2048):  # chunked for very large classes
-            rows = idx[start:start + 2048]
-            d = _sq_dists(x[rows], x[idx])
-            d[np.arange(len(rows)), np.arange(start, start + len(rows))] = np.inf
-            nearest = np.argsort(d, axis=1, kind="stable")[:, :k]
-            for r, row in enumerate(rows):
-                out[row] = idx[nearest[r]]
+        # k + 1 neighbours include the item itself, except when exact duplicates tie with it.
+        found = NearestNeighbors(n_neighbors=k + 1).fit(x[idx]).kneighbors(x[idx], return_distance=False)
+        not_self = found != np.arange(n_c)[:, None]
+        first_k = np.argsort(~not_self, axis=1, kind="stable")[:, :k]  # first k non-self entries
+        nearest = np.take_along_axis(found, first_k, axis=1)
+        for r, row in enumerate(idx):
+            out[row] = idx[nearest[r]]
     return out
+
+
+def _class_negatives(x, labels, anchors, positives, margin, negatives, rng, block_size):
+    """One negative per (anchor, positive) or none: returns (kept mask, negative index)."""
+    n = len(labels)
+    d_ap = ((x[anchors] - x[positives]) ** 2).sum(1)
+    chosen = np.full(len(anchors), -1, np.int64)
+    if negatives == "hardest":
+        best = np.full(len(anchors), np.inf)
+        for b0 in range(0, n, block_size):
+            cols = np.arange(b0, min(n, b0 + block_size))
+            d = _sq_dists(x[anchors], x[cols])
+            d[labels[cols][None, :] == labels[anchors][:, None]] = np.inf
+            j = d.argmin(axis=1)
+            closer = d[np.arange(len(anchors)), j] < best
+            best[closer] = d[np.arange(len(anchors)), j][closer]
+            chosen[closer] = cols[j[closer]]
+        keep = best < d_ap + margin
+        return keep, chosen
+    # Candidates are visited in a fresh random order, so the first acceptable one is a uniform draw
+    # among the acceptable negatives of each anchor. Blocks of the permuted pool are scanned until
+    # every anchor has one: exact, and cheap while acceptable negatives are plentiful.
+    perm = rng.permutation(n)
+    todo = np.arange(len(anchors))
+    for b0 in range(0, n, block_size):
+        cols = perm[b0:b0 + block_size]
+        ok = labels[cols][None, :] != labels[anchors[todo]][:, None]
+        if negatives == "violating":
+            ok &= _sq_dists(x[anchors[todo]], x[cols]) < (d_ap[todo] + margin)[:, None]
+        found = ok.any(axis=1)
+        chosen[todo[found]] = cols[ok.argmax(axis=1)[found]]
+        todo = todo[~found]
+        if not len(todo):
+            break
+    return chosen >= 0, chosen
 
 
 def sample_triplets(embeddings, labels, positive_fraction: float = 0.6, margin: float = 0.2,
@@ -149,55 +132,42 @@ def sample_triplets(embeddings, labels, positive_fraction: float = 0.6, margin: 
       embeddings, labels: the training set in feature space, [n, D] and [n].
       positive_fraction: size of the local positive region (fraction of same-class neighbours).
       margin: m of eq 2.1 for the violation test (squared L2 distances, as in eq 2.1).
-      negatives: "violating" (keep only margin violators, §2.3.2) or "random" (no filter).
+      negatives: one of `NEGATIVE_MODES`.
       triplets_per_anchor: positives (each with one class negative) drawn per reference image.
       hard_negative_embeddings, hard_negative_classes: human hard negatives [H, D] and the class each
         was wrongly proposed for [H]; for every kept class negative of an anchor of class c one human
-        negative of c is added (same anchor and positive), when c has any.
+        negative of c (uniformly drawn) is added with the same anchor and positive, when c has any.
       filter_human_negatives: also require human negatives to violate the margin.
+      chunk_size, block_size: anchors and pool columns per matrix product (memory bound).
     """
     if negatives not in NEGATIVE_MODES:
         raise ValueError(f"negatives={negatives!r} is not one of {list(NEGATIVE_MODES)}")
     if triplets_per_anchor < 1:
         raise ValueError(f"triplets_per_anchor must be >= 1, got {triplets_per_anchor!r}")
+    _check_fraction(positive_fraction)
     rng = np.random.default_rng(seed)
     x = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     n = len(labels)
-    if x.shape[0] != n:
+    if x.ndim != 2 or x.shape[0] != n:
         raise ValueError(f"embeddings {x.shape} and labels {labels.shape} disagree")
     neighbours = local_positive_neighbours(x, labels, positive_fraction)
-    counts = np.array([len(nb) for nb in neighbours])
+    counts = np.array([len(nb) for nb in neighbours], np.int64)
     anchors = np.repeat(np.flatnonzero(counts > 0), triplets_per_anchor)
     pick = (rng.random(len(anchors)) * counts[anchors]).astype(np.int64)
     positives = np.array([neighbours[a][j] for a, j in zip(anchors, pick)], np.int64)
 
     kept_a, kept_p, kept_n = [], [], []
     for start in range(0, len(anchors), chunk_size):
-        a = anchors[start:start + chunk_size]
-        p = positives[start:start + chunk_size]
-        d_ap = ((x[a] - x[p]) ** 2).sum(1)
-        # Candidates are visited in a fresh random order per chunk, so the first acceptable one is a
-        # uniform draw among the acceptable negatives of each anchor. Blocks of the permuted pool are
-        # scanned until every anchor has one: exact, and cheap while violators are plentiful.
-        perm = rng.permutation(n)
-        todo = np.arange(len(a))
-        for b0 in range(0, n, block_size):
-            cols = perm[b0:b0 + block_size]
-            ok = labels[cols][None, :] != labels[a[todo]][:, None]
-            if negatives == "violating":
-                ok &= _sq_dists(x[a[todo]], x[cols]) < (d_ap[todo] + margin)[:, None]
-            found = ok.any(axis=1)
-            first = ok.argmax(axis=1)
-            kept_a.append(a[todo[found]])
-            kept_p.append(p[todo[found]])
-            kept_n.append(cols[first[found]])
-            todo = todo[~found]
-            if not len(todo):
-                break
-    a = np.concatenate(kept_a) if kept_a else np.zeros(0, np.int64)
-    p = np.concatenate(kept_p) if kept_p else np.zeros(0, np.int64)
-    neg = np.concatenate(kept_n).astype(np.int64) if kept_n else np.zeros(0, np.int64)
+        a, p = anchors[start:start + chunk_size], positives[start:start + chunk_size]
+        keep, neg = _class_negatives(x, labels, a, p, margin, negatives, rng, block_size)
+        kept_a.append(a[keep])
+        kept_p.append(p[keep])
+        kept_n.append(neg[keep])
+    empty = np.zeros(0, np.int64)
+    a = np.concatenate(kept_a) if kept_a else empty
+    p = np.concatenate(kept_p) if kept_p else empty
+    neg = np.concatenate(kept_n) if kept_n else empty
     human = np.zeros(len(a), bool)
 
     if hard_negative_classes is not None and len(hard_negative_classes) and len(a):
@@ -226,14 +196,15 @@ def sample_triplets(embeddings, labels, positive_fraction: float = 0.6, margin: 
 class QuasiOnlineTripletSampler:
     """Quasi-online sampler (§2.4.1): re-sample triplets from fresh embeddings every N steps.
 
-    Usage:
+    Usage (the metric task calls `refresh` from its per-step hook and feeds `next_batch` to tf.data):
         sampler = QuasiOnlineTripletSampler(train_labels, batch_size=50, refresh_every=1000,
                                             hard_negative_classes=hn.classes)
         for step, batch in enumerate(sampler.run(embed_fn, total_steps)):
             ...  # batch: [batch_size, 3] pool indices (anchor, positive, negative)
 
     `embed_fn()` returns the embeddings of the training set [n, D], or a pair (train [n, D],
-    human hard negatives [H, D]).
+    human hard negatives [H, D]). When a round keeps no triplet (nothing violates the margin), that
+    round falls back to random negatives so training can go on (logged).
     """
 
     def __init__(self, labels, positive_fraction: float = 0.6, margin: float = 0.2,
@@ -245,8 +216,7 @@ class QuasiOnlineTripletSampler:
                              f"{refresh_every!r}")
         if negatives not in NEGATIVE_MODES:
             raise ValueError(f"negatives={negatives!r} is not one of {list(NEGATIVE_MODES)}")
-        if not 0.0 < positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction!r}")
+        _check_fraction(positive_fraction)
         self.labels = np.asarray(labels).reshape(-1).astype(np.int64)
         self.positive_fraction = positive_fraction
         self.margin = margin
@@ -260,38 +230,53 @@ class QuasiOnlineTripletSampler:
         self._rng = np.random.default_rng(seed)
         self.triplets: Optional[TripletSet] = None
         self.rounds = 0
+        self.fallback_rounds = 0
+        self._queues = []
 
     def refresh(self, embeddings, hard_negative_embeddings=None) -> TripletSet:
         """Samples a new list of triplets from the current embeddings."""
         use_hn = self.hard_negative_classes is not None and hard_negative_embeddings is not None
-        self.triplets = sample_triplets(
-                embeddings, self.labels, self.positive_fraction, self.margin, self.negatives,
-                self.triplets_per_anchor,
-                hard_negative_embeddings if use_hn else None,
-                self.hard_negative_classes if use_hn else None,
-                self.filter_human_negatives, seed=int(self._rng.integers(2 ** 31)))
+        args = dict(hard_negative_embeddings=hard_negative_embeddings if use_hn else None,
+                    hard_negative_classes=self.hard_negative_classes if use_hn else None,
+                    filter_human_negatives=self.filter_human_negatives)
+        triplets = sample_triplets(embeddings, self.labels, self.positive_fraction, self.margin,
+                                   self.negatives, self.triplets_per_anchor,
+                                   seed=int(self._rng.integers(2 ** 31)), **args)
+        if not (~triplets.human).any():
+            logging.warning("no triplet violates the margin; random negatives this round")
+            self.fallback_rounds += 1
+            triplets = sample_triplets(embeddings, self.labels, self.positive_fraction, self.margin,
+                                       "random", self.triplets_per_anchor,
+                                       seed=int(self._rng.integers(2 ** 31)), **args)
+        if not len(triplets):
+            raise ValueError("no triplet can be formed: every class needs >= 2 training images and "
+                             "there must be >= 2 classes")
+        self.triplets = triplets
         self.rounds += 1
+        # Class-negative and human-negative triplets are cycled separately so every batch mixes them 1:1.
+        table = triplets.as_array()
+        self._queues = [_Cycle(table[~triplets.human], self._rng)]
+        if triplets.human.any():
+            self._queues.append(_Cycle(table[triplets.human], self._rng))
         logging.info("triplet refresh %d: %d triplets (%d with human negatives)", self.rounds,
-                     len(self.triplets), int(self.triplets.human.sum()))
-        return self.triplets
+                     len(triplets), int(triplets.human.sum()))
+        return triplets
+
+    def next_batch(self) -> np.ndarray:
+        """[batch_size, 3] pool indices from the current triplets: half (rounded up) class negatives and
+        half human negatives when there are any, each kind in shuffled cycles."""
+        if self.triplets is None:
+            raise ValueError("call refresh(embeddings) before next_batch()")
+        if len(self._queues) == 1:
+            return self._queues[0].take(self.batch_size)
+        n_human = self.batch_size // 2
+        return np.concatenate([self._queues[0].take(self.batch_size - n_human),
+                               self._queues[1].take(n_human)])
 
     def batches(self, steps: int) -> Iterator[np.ndarray]:
-        """`steps` batches [batch_size, 3] cycling over the current triplets in shuffled order."""
-        if self.triplets is None:
-            raise ValueError("call refresh(embeddings) before batches()")
-        table = self.triplets.as_array()
-        if len(table) == 0:
-            # Nothing violates the margin: fall back to a fresh naive round so training can go on.
-            logging.warning("no triplet violates the margin; sampling random negatives this round")
-            return
-        order = self._rng.permutation(len(table))
-        pos = 0
+        """`steps` batches from the current triplets."""
         for _ in range(steps):
-            if pos + self.batch_size > len(order):
-                order = np.concatenate([order[pos:], self._rng.permutation(len(table))])
-                pos = 0
-            yield table[order[pos:pos + self.batch_size]]
-            pos += self.batch_size
+            yield self.next_batch()
 
     def run(self, embed_fn: Callable, total_steps: int) -> Iterator[np.ndarray]:
         """Yields `total_steps` batches, refreshing triplets from `embed_fn()` every `refresh_every`."""
@@ -301,16 +286,25 @@ class QuasiOnlineTripletSampler:
             emb, hn_emb = out if isinstance(out, tuple) else (out, None)
             self.refresh(emb, hn_emb)
             steps = min(self.refresh_every, total_steps - done)
-            produced = 0
-            for batch in self.batches(steps):
-                produced += 1
-                yield batch
-            if produced < steps:  # no triplet this round: naive sampling for the rest of the round
-                saved = self.negatives
-                self.negatives = "random"
-                try:
-                    self.refresh(emb, hn_emb)
-                    yield from self.batches(steps - produced)
-                finally:
-                    self.negatives = saved
+            yield from self.batches(steps)
             done += steps
+
+
+class _Cycle:
+    """Endless shuffled passes over the rows of a table."""
+
+    def __init__(self, table: np.ndarray, rng: np.random.Generator):
+        self.table, self.rng = table, rng
+        self.order = rng.permutation(len(table))
+        self.pos = 0
+
+    def take(self, k: int) -> np.ndarray:
+        rows = []
+        while k > 0:
+            if self.pos == len(self.order):
+                self.order, self.pos = self.rng.permutation(len(self.table)), 0
+            got = self.order[self.pos:self.pos + k]
+            rows.append(got)
+            self.pos += len(got)
+            k -= len(got)
+        return self.table[np.concatenate(rows)]

@@ -1,51 +1,8 @@
-"""Class-balanced P x K batches for in-batch mining, and Siamese pair sampling (seed 004 §4.2.1, §5.1.1)."""
+"""Siamese pair sampling (seed 004 §4.2.1, §5.1.1): same-class / different-class index pairs."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
-
-
-class PKBatchSampler:
-    """Batches of P classes x K images each (indices into the dataset), for `TripletLoss` mining.
-
-    Classes with fewer than K images are sampled with replacement; only classes with at least
-    `min_per_class` images are drawn (2 by default, so every anchor has a positive).
-    """
-
-    def __init__(self, labels, P: int, K: int, seed: int = 0, min_per_class: int = 2):
-        self.labels = np.asarray(labels).reshape(-1).astype(np.int64)
-        if P < 1 or K < 1:
-            raise ValueError(f"P and K must be >= 1, got P={P!r}, K={K!r}")
-        classes, counts = np.unique(self.labels, return_counts=True)
-        self.classes = classes[counts >= min_per_class]
-        if len(self.classes) < P:
-            raise ValueError(f"P={P} classes per batch but only {len(self.classes)} classes have "
-                             f">= {min_per_class} images")
-        self.P, self.K = int(P), int(K)
-        order = np.argsort(self.labels, kind="stable")
-        starts = np.searchsorted(self.labels[order], self.classes, side="left")
-        ends = np.searchsorted(self.labels[order], self.classes, side="right")
-        self._members = {int(c): order[s:e] for c, s, e in zip(self.classes, starts, ends)}
-        self._rng = np.random.default_rng(seed)
-
-    @property
-    def batch_size(self) -> int:
-        return self.P * self.K
-
-    def sample(self) -> np.ndarray:
-        """One batch [P * K] of indices, grouped by class."""
-        chosen = self._rng.choice(self.classes, size=self.P, replace=False)
-        parts = []
-        for c in chosen:
-            members = self._members[int(c)]
-            parts.append(self._rng.choice(members, size=self.K, replace=len(members) < self.K))
-        return np.concatenate(parts)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            yield self.sample()
 
 
 def sample_pairs(labels, num_pairs: int, positive_ratio: float = 0.5, seed: int = 0):
