@@ -1,0 +1,138 @@
+"""Fixtures of the review tests: a throw-away PostgreSQL 15 server and one fresh database per test.
+
+The server is Debian's (`initdb`, `pg_ctl` under /usr/lib/postgresql/<version>/bin), started in a
+temp dir on a free loopback port and stopped after the session. initdb refuses to run as root, so as
+root (CI) the server runs as the system user `finegrain-pg`, created with `useradd --system` when
+missing. A server that cannot start fails the tests that need it: they never skip.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+
+import pytest
+
+PG_USER = "finegrain-pg"
+PG_VERSION_PREFERENCE = ("15",)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_bin() -> str:
+    """The newest installed PostgreSQL server bin folder (15 preferred)."""
+    folders = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                     key=lambda p: (os.path.basename(os.path.dirname(p)) not in PG_VERSION_PREFERENCE,
+                                    p))
+    folders = [f for f in folders if os.path.exists(os.path.join(f, "initdb"))]
+    if not folders:
+        raise RuntimeError("PostgreSQL server programs not found under /usr/lib/postgresql/*/bin: "
+                           "run `make system-deps` (apt-get install postgresql)")
+    return folders[0]
+
+
+def _server_user() -> tuple[int, int] | None:
+    """(uid, gid) to run the server as, or None to run as the current (non-root) user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        PG_USER], check=True, capture_output=True)
+        entry = pwd.getpwnam(PG_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+class PostgresServer:
+    """initdb + pg_ctl start in a temp dir; `url(dbname)` for SQLAlchemy; `create_database()`."""
+
+    def __init__(self):
+        self.bin = postgres_bin()
+        self.user = _server_user()
+        self.root = tempfile.mkdtemp(prefix="finegrain-pg-")
+        if self.user is not None:
+            os.chown(self.root, *self.user)
+        self.data = os.path.join(self.root, "data")
+        self.log = os.path.join(self.root, "server.log")
+        self.port = None
+
+    def _run(self, *args):
+        kwargs = {"user": self.user[0], "group": self.user[1], "extra_groups": []} if self.user else {}
+        result = subprocess.run([os.path.join(self.bin, args[0]), *args[1:]], cwd=self.root,
+                                capture_output=True, text=True, timeout=120, **kwargs)
+        if result.returncode != 0:
+            log = open(self.log).read() if os.path.exists(self.log) else ""
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}\n"
+                               f"{result.stdout.strip()}\n{log}")
+        return result
+
+    def start(self) -> "PostgresServer":
+        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-sync", "--no-instructions")
+        for attempt in range(3):  # the free port can be taken between probing and binding
+            self.port = free_port()
+            options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                       f"-c fsync=off -c max_connections=60")
+            try:
+                self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "60",
+                          "start")
+                return self
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = "t_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty database URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'labels.db'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+def store(store_url):
+    from finegrain_tf.review.store import LabelStore
+
+    label_store = LabelStore(store_url)
+    label_store.create_schema()
+    yield label_store
+    label_store.close()
