@@ -579,7 +579,7 @@ class LabelStore:
     def stats(self, token: Optional[str] = None) -> dict:
         """Progress and agreement. Keys: items, decided, pending, yes, no (decisions), verdicts
         (standing yes/no/skip counts), agreement (fraction of agreeing pairs among the judgements
-        of items judged more than once; None without such items), per_class, per_labeler (each
+        of items judged more than once; None without such items), per_class, per_labeler (every
         labeler's verdict counts and agreement with the final decision on multiply-judged items),
         per_round; with a token also "me": this labeler's done / leased / remaining counts."""
         with self._reading() as conn:
@@ -588,6 +588,7 @@ class LabelStore:
                 sa.select(verdicts.c.item_id, verdicts.c.verdict, labelers.c.name)
                 .join(labelers, labelers.c.id == verdicts.c.labeler_id)
                 .where(verdicts.c.undone_at.is_(None))).all()
+            names = list(conn.execute(sa.select(labelers.c.name)).scalars())
             me = self._my_progress(conn, token) if token is not None else None
 
         def empty():
@@ -614,6 +615,8 @@ class LabelStore:
         multi = {i for i, _c, _r, _k, y, n in tallies if y + n >= 2}
         per_labeler = collections.defaultdict(
             lambda: {"yes": 0, "no": 0, "skip": 0, "compared": 0, "agreed": 0})
+        for name in names:  # every labeler is listed, with or without verdicts
+            per_labeler[name]
         counts = {v: 0 for v in VERDICTS}
         for item_id, verdict, name in rows:
             counts[verdict] += 1

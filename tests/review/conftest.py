@@ -15,6 +15,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 import uuid
 
 import pytest
@@ -136,3 +138,86 @@ def store(store_url):
     label_store.create_schema()
     yield label_store
     label_store.close()
+
+
+class ThreadedServer:
+    """The review app under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"review app did not start on port {self.port}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def write_png(path, value: int, size: int = 32) -> str:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.full((size, size, 3), value % 256, np.uint8)
+    pixels[:, : size // 2, 0] = (value * 37) % 256
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+class ReviewSetup:
+    """A store holding two labelers, classes with exemplars and `n_items` queued PNG candidates,
+    served over HTTP. `alice`, `bob`: tokens; `url`: the app; `images`: item_id -> file."""
+
+    def __init__(self, store, folder, n_items=6, classes=("rose", "tulip"), judgements=1):
+        self.store = store
+        self.alice, self.bob = store.add_labeler("alice"), store.add_labeler("bob")
+        for c, name in enumerate(classes):
+            exemplars = [write_png(folder / f"ex-{c}-{j}.png", 200 + 10 * c + j) for j in range(3)]
+            store.set_class(name, f"Definition of {name}.", exemplars)
+        self.images = {}
+        queued = []
+        for i in range(n_items):
+            item_id = f"item-{i}"
+            self.images[item_id] = write_png(folder / f"cand-{i}.png", i)
+            queued.append({"item_id": item_id, "image_path": self.images[item_id],
+                           "proposed_class": classes[i % len(classes)], "round": 1,
+                           "score": 1.0 - i / 100, "judgements": judgements})
+        store.enqueue(queued)
+
+    def headers(self, token=None):
+        return {"Authorization": f"Bearer {token or self.alice}"}
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    from finegrain_tf.review.store import LabelStore
+
+    label_store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
+    label_store.create_schema()
+    yield label_store
+    label_store.close()
+
+
+@pytest.fixture
+def served(sqlite_store, tmp_path):
+    """A ReviewSetup on a fresh SQLite store, served by the app; its base URL is `.url`. (The HTTP
+    layer is the same on both backends; the store's suite covers PostgreSQL.)"""
+    from finegrain_tf.review.app import create_app
+
+    setup = ReviewSetup(sqlite_store, tmp_path)
+    with ThreadedServer(create_app(sqlite_store)) as server:
+        setup.url = server.url
+        yield setup
