@@ -10,7 +10,8 @@ exactly the ch.3 protocol. Outputs are float32 in [0, 255]; backbone-specific no
 "subtract the pixel-wise mean" step) lives in the model.
 
 The same functions are used by the training input pipeline and inside exported SavedModels (the
-serving signature decodes bytes with `decode_image` and applies `preprocess_eval`), so they use only
+serving signature decodes bytes with `decode_image` -- the bounded decoder of `data.decode`, re-exported
+here -- and applies `preprocess_eval`), so they use only
 stock TF ops and work on images of any size, including images smaller than the crop (they are
 upscaled).
 """
@@ -21,32 +22,25 @@ from typing import Optional
 
 import tensorflow as tf
 
+from finegrain_tf.data.decode import decode_image  # noqa: F401  (the bounded decoder; exports use it from here)
+from finegrain_tf.utils import checks
+
 
 def default_resize_size(image_size: int) -> int:
     """Shorter side before cropping: round(image_size * 8 / 7) (224 -> 256, 299 -> 342, 448 -> 512)."""
     return int(round(image_size * 8.0 / 7.0))
 
 
-def _check_sizes(image_size, resize_size) -> tuple[int, int]:
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if not isinstance(resize_size, int) or isinstance(resize_size, bool) or resize_size < 0:
-        raise ValueError(f"resize_size must be a non-negative int, got {resize_size!r}")
-    if resize_size == 0:
-        resize_size = default_resize_size(image_size)
+def check_sizes(image_size, resize_size) -> tuple[int, int]:
+    """(image_size, resize_size) validated, with resize_size 0 replaced by the default margin."""
+    image_size = checks.positive_int(image_size, "image_size")
+    resize_size = checks.non_negative_int(resize_size, "resize_size") or default_resize_size(image_size)
     if resize_size < image_size:
         raise ValueError(f"resize_size={resize_size} is smaller than image_size={image_size}")
     return image_size, resize_size
 
 
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """Decodes JPEG/PNG/GIF (first frame)/BMP bytes (a tf.string scalar) to uint8 [H, W, 3].
-
-    Grayscale images are replicated to three channels and alpha is dropped.
-    """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
-    return image
+_check_sizes = check_sizes  # the old private name, still used by serving/export_module.py
 
 
 def _as_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -100,7 +94,7 @@ def preprocess_train(image: tf.Tensor, image_size: int, resize_size: int = 0,
     Returns:
       float32 [S, S, 3] in [0, 255].
     """
-    image_size, resize_size = _check_sizes(image_size, resize_size)
+    image_size, resize_size = check_sizes(image_size, resize_size)
     resized = resize_shorter_side(image, resize_size)
     crop_shape = tf.constant([image_size, image_size, 3])
     if seed is None:
@@ -120,5 +114,5 @@ def preprocess_eval(image: tf.Tensor, image_size: int, resize_size: int = 0) -> 
 
     Returns float32 [S, S, 3] in [0, 255]; deterministic.
     """
-    image_size, resize_size = _check_sizes(image_size, resize_size)
+    image_size, resize_size = check_sizes(image_size, resize_size)
     return central_crop(resize_shorter_side(image, resize_size), image_size)
