@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from finegrain_tf.data import decode
-from tests.data.image_bytes import animated_gif_bytes, pil_bytes, png_bytes
+from .image_bytes import animated_gif_bytes, pil_bytes, png_bytes
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 255, (7, 9, 3), dtype=np.uint8)
