@@ -50,9 +50,13 @@ def _server_user() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(PG_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        PG_USER], check=True, capture_output=True)
-        entry = pwd.getpwnam(PG_USER)
+        result = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                                 "/usr/sbin/nologin", PG_USER], capture_output=True, text=True)
+        try:  # another pytest-xdist worker may have created it first
+            entry = pwd.getpwnam(PG_USER)
+        except KeyError:
+            raise RuntimeError(f"cannot create the system user {PG_USER!r} for PostgreSQL: "
+                               f"{result.stderr.strip()}") from None
     return entry.pw_uid, entry.pw_gid
 
 

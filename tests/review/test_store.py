@@ -2,6 +2,7 @@
 
 import collections
 import itertools
+import os
 import random
 import threading
 import time
@@ -37,8 +38,9 @@ def test_postgresql_url_uses_psycopg3(postgres):
     label_store = LabelStore(url)
     assert label_store.engine.dialect.driver == "psycopg"
     label_store.create_schema()
-    with label_store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SHOW server_version").scalar().startswith("15")
+    with label_store.engine.connect() as conn:  # the server of the bin folder the fixture found
+        version = conn.exec_driver_sql("SHOW server_version").scalar()
+    assert version.split(".")[0] == os.path.basename(os.path.dirname(postgres.bin))
     label_store.close()
 
 
