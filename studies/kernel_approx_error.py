@@ -37,7 +37,7 @@ def main(argv):
     import numpy as np
 
     from finegrain_tf.analysis import kernel_approx as ka
-    from finegrain_tf.layers.kernel_pooling import estimate_gamma
+    from finegrain_tf.ops.taylor_kernel import estimate_gamma
 
     if FLAGS.features == "relu":
         feats = ka.random_relu_features(FLAGS.num_features, FLAGS.feature_dim, FLAGS.seed)

@@ -21,7 +21,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from finegrain_tf.layers.kernel_pooling import KernelPooling, estimate_gamma, rbf_coefficients
+from finegrain_tf.layers.kernel_pooling import KernelPooling
+from finegrain_tf.ops.taylor_kernel import estimate_gamma, rbf_coefficients
 
 
 def l2_normalize(features) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from finegrain_tf.analysis import kernel_approx as ka  # noqa: E402
-from finegrain_tf.layers.kernel_pooling import estimate_gamma, rbf_coefficients  # noqa: E402
+from finegrain_tf.ops.taylor_kernel import estimate_gamma, rbf_coefficients  # noqa: E402
 
 
 @pytest.fixture(scope="module")

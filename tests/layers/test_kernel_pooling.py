@@ -10,38 +10,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from finegrain_tf.layers import kernel_pooling as kp  # noqa: E402
-from finegrain_tf.layers.kernel_pooling import (BilinearPooling, CompactBilinearPooling,  # noqa: E402
-                                                KernelPooling, estimate_gamma)
+from finegrain_tf.layers import (BilinearPooling, CompactBilinearPooling,  # noqa: E402
+                                 KernelPooling, estimate_gamma)
+from finegrain_tf.ops.taylor_kernel import rbf_coefficients  # noqa: E402
+from tests.ops.sketch_reference import ref_ssqrt_l2, ref_tensor_sketch  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
 # Naive float64 references (explicit loops)
-
-
-def ref_count_sketch(x, h, s, d):
-    """eq 3.8: c_j = sum_{i: h(i) = j} s(i) x_i."""
-    out = np.zeros(d)
-    for i in range(len(x)):
-        out[h[i]] += s[i] * x[i]
-    return out
-
-
-def ref_circular_convolution(a, b):
-    d = len(a)
-    out = np.zeros(d)
-    for n in range(d):
-        for m in range(d):
-            out[n] += a[m] * b[(n - m) % d]
-    return out
-
-
-def ref_tensor_sketch(x, h, s, d):
-    """TS_k(x) = C_1(x) * C_2(x) * ... * C_k(x) (circular convolutions, eq 3.9)."""
-    out = ref_count_sketch(x, h[0], s[0], d)
-    for t in range(1, len(h)):
-        out = ref_circular_convolution(out, ref_count_sketch(x, h[t], s[t], d))
-    return out
 
 
 def ref_phi(x, layer, alphas):
@@ -52,11 +28,6 @@ def ref_phi(x, layer, alphas):
         h, s, d = hashes[k]
         parts.append(alphas[k] * ref_tensor_sketch(x, h, s, d))
     return np.concatenate(parts)
-
-
-def ref_ssqrt_l2(y):
-    y = np.sign(y) * np.sqrt(np.abs(y))
-    return y / np.sqrt(np.sum(y * y, -1, keepdims=True))
 
 
 def ref_kernel_pooling(maps, layer, alphas, normalize):
@@ -113,13 +84,13 @@ def test_location_average_and_normalisation_match_reference():
     layer = KernelPooling(order=3, dims=8, coefficients="learned", gamma=0.8, seed=2)
     y = layer(X_MAPS).numpy()
     coeffs = layer.coefficient_values()
-    np.testing.assert_allclose(coeffs, kp.rbf_coefficients(0.8, 3, normalized=True), rtol=1e-6)
+    np.testing.assert_allclose(coeffs, rbf_coefficients(0.8, 3, normalized=True), rtol=1e-6)
     _close(y, ref_kernel_pooling(X_MAPS, layer, coeffs, normalize=True))
     np.testing.assert_allclose(np.linalg.norm(y, axis=-1), 1.0, rtol=1e-5)
     raw_layer = KernelPooling(order=3, dims=8, coefficients="learned", gamma=0.8, seed=2,
                               normalize=False)
     raw = raw_layer(X_MAPS).numpy()
-    np.testing.assert_allclose(raw_layer.coefficient_values(), kp.rbf_coefficients(0.8, 3), rtol=1e-6)
+    np.testing.assert_allclose(raw_layer.coefficient_values(), rbf_coefficients(0.8, 3), rtol=1e-6)
     _close(raw, ref_kernel_pooling(X_MAPS, layer, raw_layer.coefficient_values(), normalize=False))
 
 
@@ -133,54 +104,6 @@ def test_inner_product_equals_weighted_sum_of_sketch_inner_products():
     for k in range(2, 5):
         expected += alphas[k] ** 2 * float(ref_tensor_sketch(x, *h[k]) @ ref_tensor_sketch(y, *h[k]))
     assert float(px @ py) == pytest.approx(expected, rel=1e-5)
-
-
-def test_count_sketch_methods_agree():
-    drawn = kp.draw_count_sketch_hashes(3, 6, [5, 8], [2, 3])
-    hashes, signs = [h for h, _ in drawn], [s for _, s in drawn]
-    x = RNG.randn(4, 6).astype(np.float32)
-    outs = {m: kp.count_sketch(x, hashes, signs, [5, 8], m) for m in ("sparse", "segment_sum", "dense")}
-    for g, (h, s) in enumerate(drawn):
-        expected = np.array([[ref_count_sketch(v, h[t], s[t], [5, 8][g]) for t in range(len(h))]
-                             for v in x])
-        for m, out in outs.items():
-            _close(out[g].numpy(), expected)
-
-
-def test_hashes_deterministic_in_seed():
-    a = kp.draw_count_sketch_hashes(11, 10, [16], [3])[0]
-    b = kp.draw_count_sketch_hashes(11, 10, [16], [3])[0]
-    c = kp.draw_count_sketch_hashes(12, 10, [16], [3])[0]
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert not np.array_equal(a[0], c[0])
-
-
-# ------------------------------------------------------------------------------------------------
-# Unbiasedness over many seeds (eq 3.9 / 3.10)
-
-
-def test_tensor_sketch_unbiased_over_seeds():
-    c, d, seeds = 6, 8, 400
-    x = np.array([0.9, -0.3, 0.5, 0.2, -0.7, 0.4])
-    y = np.array([0.6, 0.1, 0.8, -0.4, -0.2, 0.3])
-    xy = np.stack([x, y]).astype(np.float32)[:, None, :]
-
-    @tf.function
-    def inner(h, s):
-        ts2, ts3 = kp.pooled_tensor_sketches(xy, [h], [s], [d], [[2, 3]])
-        return tf.reduce_sum(ts2[0] * ts2[1]), tf.reduce_sum(ts3[0] * ts3[1])
-
-    vals = []
-    for seed in range(seeds):
-        ((h, s),) = kp.draw_count_sketch_hashes(seed, c, [d], [3])
-        vals.append([float(v) for v in inner(tf.constant(h), tf.constant(s))])
-    vals = np.array(vals)
-    for k, col in ((2, 0), (3, 1)):
-        target = float(x @ y) ** k
-        mean, std = vals[:, col].mean(), vals[:, col].std(ddof=1)
-        assert std > 0
-        assert abs(mean - target) < 4.0 * std / math.sqrt(seeds), (k, mean, target, std)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,20 +127,6 @@ def test_output_shapes_and_validation():
         KernelPooling(order=2, dims=4).build((None, 3, None))
 
 
-def test_rbf_coefficients_closed_form():
-    g = 0.35
-    a = kp.rbf_coefficients(g, 4)
-    expected = [math.exp(-2 * g) * (2 * g) ** i / math.factorial(i) for i in range(5)]
-    np.testing.assert_allclose(a ** 2, expected, rtol=1e-12)
-    an = kp.rbf_coefficients(g, 4, normalized=True)
-    np.testing.assert_allclose(an ** 2, np.array(expected) / np.sum(expected), rtol=1e-12)
-    # Taylor kernel -> RBF for L2-normalised x, y as p grows (eq 3.11)
-    x, y = RNG.randn(2, 5)
-    x, y = x / np.linalg.norm(x), y / np.linalg.norm(y)
-    taylor = sum(v * (x @ y) ** i for i, v in enumerate(kp.rbf_coefficients(g, 12) ** 2))
-    assert taylor == pytest.approx(math.exp(-g * np.sum((x - y) ** 2)), rel=1e-10)
-
-
 @pytest.mark.parametrize("coefficients", ["rbf", "learned"])
 def test_rbf_scale_is_removed_by_normalisation_and_large_gamma_does_not_underflow(coefficients):
     # gamma = 300: exp(-2 gamma) underflows float32; eq 3.11 in float64 + ssqrt/L2 is the reference.
@@ -225,13 +134,13 @@ def test_rbf_scale_is_removed_by_normalisation_and_large_gamma_does_not_underflo
     layer = KernelPooling(order=3, dims=8, coefficients=coefficients, gamma=300.0, seed=4)
     y = layer(maps).numpy()
     assert np.all(layer.coefficient_values() > 0)
-    exact = kp.rbf_coefficients(300.0, 3)
+    exact = rbf_coefficients(300.0, 3)
     assert exact[0] < 1e-100
     _close(y, ref_kernel_pooling(maps, layer, exact, normalize=True))
     raw = KernelPooling(order=3, dims=8, coefficients=coefficients, gamma=0.4, seed=4,
                         normalize=False)
     raw.build(maps.shape)
-    np.testing.assert_allclose(raw.coefficient_values(), kp.rbf_coefficients(0.4, 3), rtol=1e-6)
+    np.testing.assert_allclose(raw.coefficient_values(), rbf_coefficients(0.4, 3), rtol=1e-6)
 
 
 def test_estimate_gamma_matches_pair_loop_and_adapt():
@@ -247,37 +156,13 @@ def test_estimate_gamma_matches_pair_loop_and_adapt():
         layer = KernelPooling(order=3, dims=8, coefficients=coeffs)
         layer.build((None, 2, 2, 5))
         np.testing.assert_allclose(layer.coefficient_values(),
-                                   kp.rbf_coefficients(1.0, 3, normalized=True), rtol=1e-6)
+                                   rbf_coefficients(1.0, 3, normalized=True), rtol=1e-6)
         batches = tf.data.Dataset.from_tensor_slices(feats.astype(np.float32)).batch(1)
         gamma = layer.adapt(batches)
         assert gamma == pytest.approx(1.0 / np.mean(pairs), rel=1e-6)
         assert layer.effective_gamma() == pytest.approx(gamma, rel=1e-6)
         np.testing.assert_allclose(layer.coefficient_values(),
-                                   kp.rbf_coefficients(gamma, 3, normalized=True), rtol=1e-5)
-
-
-# ------------------------------------------------------------------------------------------------
-# Baselines
-
-
-def test_compact_bilinear_is_tensor_sketch_of_order_two():
-    layer = CompactBilinearPooling(dim=10, normalize=False, seed=4)
-    y = layer(X_MAPS).numpy()
-    h, s, d = layer.sketch_hashes()[2]
-    expected = np.array([np.mean([ref_tensor_sketch(v, h, s, d) for v in m.reshape(-1, 6)], 0)
-                         for m in X_MAPS.astype(np.float64)])
-    _close(y, expected)
-    yn = CompactBilinearPooling(dim=10, seed=4)(X_MAPS).numpy()
-    _close(yn, ref_ssqrt_l2(expected))
-
-
-def test_bilinear_pooling_matches_outer_products():
-    y = BilinearPooling()(X_MAPS).numpy()
-    expected = []
-    for m in X_MAPS.astype(np.float64):
-        vecs = m.reshape(-1, 6)
-        expected.append(np.mean([np.outer(v, v).reshape(-1) for v in vecs], 0))
-    _close(y, ref_ssqrt_l2(np.array(expected)))
+                                   rbf_coefficients(gamma, 3, normalized=True), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,27 +202,6 @@ def test_gradients_match_finite_differences_of_reference():
     np.testing.assert_allclose(galpha.numpy(), num_a, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("dims,orders", [([8], [[2, 3, 4]]), ([5, 7], [[2, 4], [3]]), ([6], [[3]])])
-def test_hand_written_gradient_equals_autodiff(dims, orders):
-    groups = [max(o) for o in orders]
-    drawn = kp.draw_count_sketch_hashes(2, 6, dims, groups)
-    hashes, signs = [h for h, _ in drawn], [s for _, s in drawn]
-    x = tf.constant(RNG.randn(3, 4, 6).astype(np.float32))
-    weights = [tf.constant(RNG.randn(3, d).astype(np.float32)) for d, o in zip(dims, orders) for _ in o]
-    grads, values = [], []
-    for custom in (True, False):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            outs = kp.pooled_tensor_sketches(x, hashes, signs, dims, orders, custom_gradient=custom)
-            loss = sum(tf.reduce_sum(o * w) for o, w in zip(outs, weights))
-        grads.append(tape.gradient(loss, x).numpy())
-        values.append([o.numpy() for o in outs])
-    for a, b in zip(*values):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5)
-    assert np.any(grads[0] != 0)
-
-
 def test_xla_compiles_and_matches():
     layer = KernelPooling(order=3, dims=[8, 6], gamma=0.5, seed=1)
     x = tf.constant(X_MAPS)
@@ -354,18 +218,6 @@ def test_xla_compiles_and_matches():
     y, (gx, ga) = step(x)
     np.testing.assert_allclose(y.numpy(), eager, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(gx.numpy())) and np.all(np.isfinite(ga.numpy()))
-
-
-@pytest.mark.parametrize("layer_fn", [lambda: CompactBilinearPooling(dim=8),
-                                      lambda: BilinearPooling()])
-def test_baseline_gradients_finite(layer_fn):
-    x = tf.constant(X_MAPS)
-    layer = layer_fn()
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(layer(x) ** 3)
-    g = tape.gradient(loss, x).numpy()
-    assert np.all(np.isfinite(g)) and np.any(g != 0)
 
 
 # ------------------------------------------------------------------------------------------------
