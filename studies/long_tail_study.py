@@ -42,7 +42,8 @@ from finegrain_tf.data.long_tail import make_long_tailed  # noqa: E402
 from finegrain_tf.losses import (BalancedSoftmaxLoss, ClassBalancedLoss, DeferredReweighting,  # noqa: E402
                                  LDAMLoss, count_labels)
 from finegrain_tf.metrics.long_tail import head_tail_report  # noqa: E402
-from finegrain_tf.models.initializers import PriorBias, configure_weight_decay  # noqa: E402
+from finegrain_tf.layers import PriorBias  # noqa: E402
+from finegrain_tf.train.optim import configure_weight_decay  # noqa: E402
 
 LOSSES = ("softmax", "cb_softmax", "cb_sigmoid", "cb_focal", "balanced_softmax", "ldam_drw")
 

@@ -81,15 +81,14 @@ def cmd_features() -> dict:
 
     from finegrain_tf.analysis import features as feats
     from finegrain_tf.data.pipeline import build_datasets
-    from finegrain_tf.train.config import apply_override, load_params, validate
+    from finegrain_tf.train.config import apply_override, load_params
 
     model_dir = _require("model_dir")
     if not (FLAGS.output or FLAGS.means_output):
         raise app.UsageError("features needs --output and/or --means_output")
     cfg = load_params(model_dir)
     for override in FLAGS.set:
-        apply_override(cfg, override)
-    validate(cfg)
+        cfg = apply_override(cfg, override)
     _register_custom_objects()
     model = keras.models.load_model(FLAGS.model or os.path.join(model_dir, "model.keras"), compile=False)
     extractor = feats.feature_model(model, FLAGS.layer) if FLAGS.layer else model

@@ -6,5 +6,6 @@ from finegrain_tf.losses.long_tail import (BalancedSoftmaxLoss, DeferredReweight
 from finegrain_tf.losses.metric import (TripletLoss, TripletMarginLoss, pairwise_distances,  # noqa: F401
                                         triplet_loss, triplet_margin_loss)
 from finegrain_tf.losses.pairwise import ContrastiveLoss, contrastive_loss  # noqa: F401
-from finegrain_tf.losses.anchor_vote import (AnchorVoteLoss, anchor_vote_loss,  # noqa: F401
-                                             build_anchor_vote_model, combined_objective)
+from finegrain_tf.losses.anchor_vote import (AnchorVoteLoss, CombinedObjective,  # noqa: F401
+                                             anchor_vote_loss, build_anchor_vote_model,
+                                             combined_objective)

@@ -49,17 +49,71 @@ class AnchorVoteLoss(keras.losses.Loss):
         return {"from_logits": self.from_logits, "name": self.name, "reduction": self.reduction}
 
 
+@keras.saving.register_keras_serializable(package="finegrain_tf")
+class CombinedObjective(keras.losses.Loss):
+    """Eq 2.5 as one loss: omega * L_triplet(embedding) + (1 - omega) * L_cls(scores), per example.
+
+    y_true: int labels [B]; y_pred: a dict {embedding_output: embeddings [B, D], vote_output: scores
+    [B, N]}. `classification` is any Keras loss on (labels, scores) (default `AnchorVoteLoss`, eq 2.4;
+    the training binary passes its class-balanced / long-tail loss). The same object trains a
+    two-output model in `model.fit`: `model.compile(optimizer, loss=obj.losses,
+    loss_weights=obj.loss_weights)`.
+    """
+
+    def __init__(self, omega: float = 0.1, margin: float = 0.2, mining: str = "violating",
+                 distance: str = "squared_l2", gather_across_replicas: bool = False,
+                 classification=None, embedding_output: str = "embedding",
+                 vote_output: str = "vote", name: str = "combined_objective",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        if isinstance(omega, bool) or not isinstance(omega, (int, float)) or not 0.0 <= omega <= 1.0:
+            raise ValueError(f"omega must be in [0, 1], got {omega!r}")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.omega = float(omega)
+        self.triplet = TripletLoss(margin=margin, mining=mining, distance=distance,
+                                   gather_across_replicas=gather_across_replicas)
+        if isinstance(classification, dict):
+            classification = keras.saving.deserialize_keras_object(classification)
+        self.classification = classification or AnchorVoteLoss(from_logits=True)
+        self.embedding_output = embedding_output
+        self.vote_output = vote_output
+
+    @property
+    def losses(self) -> dict:
+        return {self.embedding_output: self.triplet, self.vote_output: self.classification}
+
+    @property
+    def loss_weights(self) -> dict:
+        return {self.embedding_output: self.omega, self.vote_output: 1.0 - self.omega}
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_pred, dict) or set(y_pred) != {self.embedding_output, self.vote_output}:
+            raise ValueError(f"y_pred must be a dict with the keys {self.embedding_output!r} and "
+                             f"{self.vote_output!r}, got {y_pred!r}")
+        per_example = (1.0 - self.omega) * self.classification.call(
+            y_true, tf.cast(y_pred[self.vote_output], tf.float32))
+        if self.omega:
+            per_example += self.omega * self.triplet.call(
+                y_true, tf.cast(y_pred[self.embedding_output], tf.float32))
+        return per_example
+
+    def get_config(self):
+        triplet = self.triplet.get_config()
+        return {"omega": self.omega, "margin": triplet["margin"], "mining": triplet["mining"],
+                "distance": triplet["distance"],
+                "gather_across_replicas": triplet["gather_across_replicas"],
+                "classification": keras.saving.serialize_keras_object(self.classification),
+                "embedding_output": self.embedding_output, "vote_output": self.vote_output,
+                "name": self.name, "reduction": self.reduction}
+
+
 def combined_objective(omega: float = 0.1, margin: float = 0.2, mining: str = "violating",
                        distance: str = "squared_l2", gather_across_replicas: bool = False,
                        embedding_output: str = "embedding", vote_output: str = "vote"):
-    """(losses, loss_weights) dicts for `model.compile` realising eq 2.5 on a two-output model."""
-    if not 0.0 <= omega <= 1.0:
-        raise ValueError(f"omega must be in [0, 1], got {omega!r}")
-    losses = {embedding_output: TripletLoss(margin=margin, mining=mining, distance=distance,
-                                            gather_across_replicas=gather_across_replicas),
-              vote_output: AnchorVoteLoss(from_logits=True)}
-    weights = {embedding_output: float(omega), vote_output: 1.0 - float(omega)}
-    return losses, weights
+    """(losses, loss_weights) dicts for `model.compile` realising eq 2.5 on a two-output model
+    (the components of `CombinedObjective`)."""
+    objective = CombinedObjective(omega, margin, mining, distance, gather_across_replicas,
+                                  embedding_output=embedding_output, vote_output=vote_output)
+    return objective.losses, objective.loss_weights
 
 
 def build_anchor_vote_model(embedding_model: keras.Model, num_classes: int, anchors_per_class: int = 3,

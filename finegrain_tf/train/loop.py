@@ -1,42 +1,62 @@
-"""The training loop of `finegrain-train`: works under every tf.distribute strategy.
+"""The generic training loop of `finegrain-train`: strategy, checkpoints, resume, progress, TensorBoard.
 
-Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so this loop is
-written with `strategy.run` and `tf.nn.compute_average_loss`. It checkpoints every N steps and at the
-end, resumes from the latest checkpoint, writes TensorBoard scalars, shows a progress bar on the chief
-and ends with an evaluation report. The project's layers and losses still work in a user's own
-`model.fit`; this loop is only what the binary uses.
+What one kind of training means (data, model, loss, step, evaluation, artifacts) is the `Task` of
+`cfg.task.name` (`finegrain_tf.train.task`); this loop only drives it. Keras 3 `model.fit` fails under
+MultiWorkerMirroredStrategy (keras-team/keras#20585), so the loop is written with `strategy.run` and
+`tf.nn.compute_average_loss`; the project's layers and losses still work in a user's own `model.fit`.
+
+Guarantees:
+* Exact resume: the checkpoint holds the model, the optimizer, the step AND the input iterator's
+  position (shuffle buffer, augmentation counters), so a killed and resumed run follows the same
+  per-step losses as an uninterrupted one. The iterator is keyed by a fingerprint of the data
+  pipeline: a later stage with other data (e.g. the balanced second stage) restores only the model.
+* Damaged checkpoints fall back: an unreadable `checkpoint` state file or a truncated / missing
+  ckpt-N file is logged as a warning naming it, and training resumes from the newest intact one.
+* Non-finite loss or gradient norm stops training with an error naming the step
+  (`train.on_nonfinite=stop`), or skips that update (`skip_step`); model.keras is never written
+  from non-finite weights.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import glob
+import hashlib
 import os
+import re
 import tempfile
 import time
-from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
+import yaml
 from absl import logging
 
-from finegrain_tf.data.pipeline import build_datasets
-from finegrain_tf.models.heads import (adapt_kernel_pooling_gamma, init_anchors_by_kmeans,
-                                       init_classifier_by_logistic_regression)
-from finegrain_tf.models.initializers import configure_weight_decay
 from finegrain_tf.train import evaluation
-from finegrain_tf.train.config import ExperimentConfig, save_params
-from finegrain_tf.train.factory import build_loss, build_model, build_triplet_loss
-from finegrain_tf.train.optim import build_optimizer
+from finegrain_tf.train.config import ExperimentConfig
+from finegrain_tf.train.optim import build_optimizer, configure_weight_decay
+from finegrain_tf.train.run_dir import RunDir
 from finegrain_tf.train.strategy import is_chief, make_strategy
+from finegrain_tf.train.task import Task, get_task
+from finegrain_tf.utils.progress import ProgressBar
 
 
-@dataclass
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, no intact checkpoint); the message says why."""
+
+
+@dataclasses.dataclass
 class TrainResult:
     model_dir: str
     step: int
     resumed_from: int
     seconds: float
     report: dict
+
+
+# --------------------------------------------------------------------------------------------------
+# Set-up
 
 
 def _worker_dir(model_dir: str, strategy) -> str:
@@ -47,153 +67,331 @@ def _worker_dir(model_dir: str, strategy) -> str:
     return os.path.join(tempfile.gettempdir(), f"finegrain_worker_{task_id}_{os.getpid()}")
 
 
-def _set_precision(cfg: ExperimentConfig) -> None:
+def _set_precision(cfg: ExperimentConfig) -> str:
     if cfg.train.mixed_precision:
         policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
     else:
         policy = "float32"
     keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def _build_optimizer(cfg: ExperimentConfig, model: keras.Model, policy: str):
+    optimizer = build_optimizer(cfg.optimizer, cfg.train.steps)
+    if cfg.optimizer.weight_decay:
+        configure_weight_decay(optimizer, model, cfg.optimizer.decay_bias, cfg.optimizer.decay_batchnorm)
+    if policy == "mixed_float16":
+        # float16 gradients need loss scaling; model.fit wraps this itself, a custom loop must. The
+        # loss-scale optimizer also skips steps whose gradients overflow.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    elif cfg.train.on_nonfinite == "skip_step":
+        # The same skip in float32: a scale of 1 (powers of two are exact) that only halves on a
+        # non-finite step; the update of that step is not applied.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1.0)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def _input_fingerprint(cfg: ExperimentConfig, replicas: int) -> str:
+    """Identifies the input pipeline, so only a run with the same pipeline restores its position."""
+    key = yaml.safe_dump({"data": dataclasses.asdict(cfg.data), "task": cfg.task.name,
+                          "loss": cfg.loss.name, "replicas": replicas}, sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: newest intact one wins
+
+
+def _checkpoint_number(prefix: str) -> int:
+    match = re.search(r"ckpt-(\d+)$", prefix)
+    return int(match.group(1)) if match else -1
+
+
+def _candidate_checkpoints(ckpt_dir: str) -> tuple[list, bool]:
+    """(checkpoint prefixes newest first, whether the `checkpoint` state file is readable)."""
+    state_file = os.path.join(ckpt_dir, "checkpoint")
+    listed, state_ok = [], True
+    if os.path.exists(state_file):
+        try:
+            state = tf.train.get_checkpoint_state(ckpt_dir)
+            if state is None or not state.model_checkpoint_path:
+                raise ValueError("it is empty")
+            listed = [os.path.join(ckpt_dir, os.path.basename(p))
+                      for p in state.all_model_checkpoint_paths]
+        except Exception as e:  # garbage, binary junk, truncated text proto
+            state_ok = False
+            logging.warning("checkpoint state file %s is damaged (%s: %s); looking for ckpt-N files "
+                            "instead", state_file, type(e).__name__, str(e).splitlines()[0][:200]
+                            if str(e) else "")
+    on_disk = {re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+               for path in glob.glob(os.path.join(ckpt_dir, "ckpt-*"))}
+    prefixes = sorted(set(listed) | on_disk, key=_checkpoint_number, reverse=True)
+    return [p for p in prefixes if _checkpoint_number(p) >= 0], state_ok
+
+
+def restore_newest_intact(checkpoint: tf.train.Checkpoint, ckpt_dir: str) -> str | None:
+    """Restores the newest checkpoint of `ckpt_dir` that reads back completely, warning about each
+    damaged one (truncated or missing .index / .data, unreadable state file); returns its prefix
+    (None when there is none). The state file is rewritten to list the intact checkpoints."""
+    candidates, state_ok = _candidate_checkpoints(ckpt_dir)
+    if not candidates:
+        if not state_ok:
+            os.remove(os.path.join(ckpt_dir, "checkpoint"))
+        return None
+    restored, damaged = None, []
+    for prefix in candidates:
+        try:
+            checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError, UnicodeDecodeError) as e:
+            damaged.append(prefix)
+            logging.warning("checkpoint %s is damaged (%s: %s); trying an older one", prefix,
+                            type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            continue
+        restored = prefix
+        break
+    if restored is None:
+        raise TrainingError(f"every checkpoint in {ckpt_dir} is damaged: {damaged}; move the "
+                            f"folder away to train from scratch")
+    if damaged or not state_ok:
+        intact = sorted((p for p in candidates if p not in damaged), key=_checkpoint_number)
+        tf.train.update_checkpoint_state(ckpt_dir, restored, all_model_checkpoint_paths=intact)
+    return restored
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Best:
+    """Tracks the best periodic evaluation (`train.best_metric`, higher is better) in variables that
+    live in the checkpoint, so early stopping survives a resume."""
+
+    def __init__(self, cfg, checkpoint_dir, model):
+        self.metric, self.patience = cfg.train.best_metric, cfg.train.early_stopping
+        self.value = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_value")
+        self.stale = tf.Variable(0, dtype=tf.int64, trainable=False, name="evals_without_gain")
+        self.checkpoint = tf.train.Checkpoint(model=model)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=1)
+
+    def update(self, report: dict, step: int) -> bool:
+        """Records an evaluation; returns True when training should stop early."""
+        value = float(report[self.metric])
+        if value > float(self.value.numpy()):
+            self.value.assign(value)
+            self.stale.assign(0)
+            self.manager.save(checkpoint_number=step)
+            logging.info("step %d: new best %s = %.4f (saved to %s)", step, self.metric, value,
+                         self.manager.latest_checkpoint)
+        else:
+            self.stale.assign_add(1)
+        return bool(self.patience) and int(self.stale.numpy()) >= self.patience
+
+    def restore(self) -> None:
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
+            logging.info("restored the best model (%s = %.4f) from %s", self.metric,
+                         float(self.value.numpy()), self.manager.latest_checkpoint)
+
+
+def _worker_layout(strategy) -> tuple[int, int, int]:
+    """(workers, this worker's index, replicas on this worker) of `strategy`."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    workers = [(kind, i) for kind in ("chief", "worker") for i in range(len(spec.get(kind, [])))]
+    if len(workers) <= 1:
+        return 1, 0, strategy.num_replicas_in_sync
+    index = workers.index((resolver.task_type, resolver.task_id))
+    return len(workers), index, strategy.num_replicas_in_sync // len(workers)
+
+
+def _make_train_function(task: Task, strategy, model, optimizer, metrics, jit_compile: bool):
+    """A tf.function taking the worker's input iterator: one global step on every replica.
+
+    Each worker reads ONE plain tf.data iterator of worker batches (checkpointable, unlike
+    tf.distribute's iterators) and hands consecutive slices to its replicas, so N replicas see the
+    same global batch, in the same order, as one device."""
+    _, worker, local = _worker_layout(strategy)
+
+    def replica_step(inputs):
+        task.train_step(inputs, model, optimizer, metrics)
+
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_function(iterator):
+        batch = next(iterator)
+        if local > 1:
+            def replica_slice(ctx):
+                i = ctx.replica_id_in_sync_group - worker * local
+                return tf.nest.map_structure(
+                    lambda t: t[i * (tf.shape(t)[0] // local):(i + 1) * (tf.shape(t)[0] // local)],
+                    batch)
+            batch = strategy.experimental_distribute_values_from_function(replica_slice)
+        strategy.run(replica_step, args=(batch,))
+
+    return train_function
+
+
+def _worker_inputs(task: Task, strategy) -> tf.data.Dataset:
+    """This worker's training batches (global batch / workers examples each)."""
+    workers, worker, _ = _worker_layout(strategy)
+    if workers == 1:
+        return task.build_inputs(training=True)
+    context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=worker,
+                                         num_replicas_in_sync=workers)
+    return task.build_inputs(training=True, input_context=context)
+
+
+def _scalar(metric) -> float:
+    return float(metric.result())
+
+
+def _learning_rate(optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(lr.numpy()) if hasattr(lr, "numpy") else float(lr)
+
+
+def _warn_if_batchnorm_not_warmed_up(train_accuracy, report, num_classes, steps) -> None:
+    """High train accuracy with eval accuracy near chance: the classic symptom of batch-norm moving
+    statistics that have not caught up after a short run (momentum 0.99 ~ a few hundred steps)."""
+    chance = 1.0 / max(num_classes, 1)
+    top1 = report.get("top1")
+    if train_accuracy is None or top1 is None:
+        return
+    if train_accuracy >= 0.8 and top1 <= 2.0 * chance:
+        logging.warning("train accuracy %.2f but eval top-1 %.2f (chance %.2f) after %d steps: the "
+                        "batch-norm moving statistics are probably not warmed up yet; train longer "
+                        "(a few hundred steps) before trusting eval numbers", train_accuracy, top1,
+                        chance, steps)
 
 
 def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
-    """Trains `cfg` to `cfg.train.steps` (resuming if checkpoints exist), then evaluates and saves.
-
-    Writes into `cfg.train.model_dir`: params.yaml, checkpoints/, logs/ (TensorBoard), model.keras,
-    backbone.weights.h5, class_names.txt, class_counts.json, eval_report.json.
-    """
+    """Trains `cfg` to `cfg.train.steps` (resuming from the newest intact checkpoint), evaluates and
+    writes the run directory (see `RunDir`)."""
     start_time = time.time()
     strategy = strategy or make_strategy(cfg.train.strategy, cfg.train.tpu)
     chief = is_chief(strategy)
-    model_dir = cfg.train.model_dir
-    write_dir = _worker_dir(model_dir, strategy)
+    run_dir = RunDir(cfg.train.model_dir)
+    write_dir = RunDir(_worker_dir(cfg.train.model_dir, strategy))
     if chief:
-        save_params(cfg, model_dir)
+        run_dir.save_params(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
-    _set_precision(cfg)
+    policy = _set_precision(cfg)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.data.batch_size % replicas:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
+                         f"{replicas} replicas")
 
-    global_batch = cfg.data.batch_size
-    if global_batch % strategy.num_replicas_in_sync:
-        raise ValueError(f"data.batch_size={global_batch} is not divisible by the "
-                         f"{strategy.num_replicas_in_sync} replicas")
-    train_ds, eval_ds, info = build_datasets(cfg.data)
-    train_dist = strategy.distribute_datasets_from_function(
-        lambda ctx: build_datasets(cfg.data, global_batch_size=global_batch, input_context=ctx)[0])
+    task = get_task(cfg)
+    init_ds = task.build_inputs(training=True)  # also fills task.data_info
+    info = task.data_info
+    logging.info("training classes:\n%s", evaluation.format_class_counts(info.class_names,
+                                                                       info.train_class_counts))
+    train_ds = _worker_inputs(task, strategy)
+    eval_ds = task.build_inputs(training=False)
+    val_ds = task.build_inputs(training=False, split=cfg.data.val_split or None) \
+        if cfg.train.eval_every else None
 
     with strategy.scope():
-        model = build_model(cfg, info.num_classes)
-        optimizer = build_optimizer(cfg.optimizer, cfg.train.steps)
-        if keras.mixed_precision.global_policy().name == "mixed_float16":
-            # float16 gradients need loss scaling; model.fit wraps this itself, a custom loop must.
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        if cfg.optimizer.weight_decay:
-            configure_weight_decay(optimizer, model, cfg.optimizer.decay_bias,
-                                   cfg.optimizer.decay_batchnorm)
-        optimizer.build(model.trainable_variables)
-        loss_fn = build_loss(cfg, info.train_class_counts)
-        triplet_fn = build_triplet_loss(cfg)
-        # Eq 2.5: omega * triplet(embedding) + (1 - omega) * classification.
-        omega = cfg.loss.triplet_weight
-        net = keras.Model(model.input, [model.output, model.get_layer("embedding").output]) \
-            if triplet_fn else model
+        model = task.build_model()
+        optimizer = _build_optimizer(cfg, model, policy)
+        task.build_losses()
+        metrics = task.build_metrics()
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        train_loss = keras.metrics.Mean("train_loss")
-        train_acc = keras.metrics.SparseCategoricalAccuracy("train_accuracy")
+    task.check_gradients = policy != "mixed_float16"
+    best = _Best(cfg, write_dir.best_checkpoint_dir, model)
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"),
+    iterator = iter(train_ds)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, step=step, best_value=best.value, stale=best.stale,
+        **{f"input_{_input_fingerprint(cfg, replicas)}": iterator})
+    restored = restore_newest_intact(checkpoint, write_dir.checkpoint_dir)
+    manager = tf.train.CheckpointManager(checkpoint, write_dir.checkpoint_dir,
                                          max_to_keep=cfg.train.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step.numpy()))
     resumed_from = int(step.numpy())
+    if restored:
+        logging.info("resumed from %s at step %d", restored, resumed_from)
     if resumed_from == 0:
-        # §3.3: kernel gamma = 1 / mean <x, y> of backbone features (layers configured with gamma 0),
-        # then optionally (§3.3.1) the classifier from a logistic regression on the pooled features
-        # of the frozen backbone; both on augmented train batches.
-        gammas = adapt_kernel_pooling_gamma(model, train_ds, steps=cfg.model.init_batches)
-        if gammas:
-            logging.info("kernel pooling gamma estimated: %s", gammas)
-        if cfg.model.head == "anchor_vote":
-            used = init_anchors_by_kmeans(model, train_ds, steps=cfg.model.init_batches)
-            logging.info("anchors initialised by k-means on %d embeddings", used)
-        if cfg.model.logistic_init:
-            fit = init_classifier_by_logistic_regression(model, train_ds,
-                                                         steps=cfg.model.init_batches)
-            logging.info("classifier initialised by logistic regression: %s", fit)
+        done = task.initialize(model, init_ds)
+        if done:
+            logging.info("data-dependent initialisation: %s", done)
 
-    def step_fn(images, labels):
-        with tf.GradientTape() as tape:
-            if triplet_fn:
-                logits, embedding = net(images, training=True)
-                embedding = tf.math.l2_normalize(tf.cast(embedding, tf.float32), axis=-1)
-                per_example = (1.0 - omega) * loss_fn(labels, tf.cast(logits, tf.float32)) + \
-                    omega * triplet_fn(labels, embedding)
-            else:
-                logits = model(images, training=True)
-                per_example = loss_fn(labels, tf.cast(logits, tf.float32))
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        scaled = optimizer.scale_loss(loss)  # the loss-scale factor under mixed_float16
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        train_loss.update_state(loss * strategy.num_replicas_in_sync)
-        train_acc.update_state(labels, logits)
-
-    @tf.function
-    def train_step(iterator):
-        images, labels = next(iterator)
-        strategy.run(step_fn, args=(images, labels))
-
-    writer = tf.summary.create_file_writer(os.path.join(write_dir, "logs", "train"))
-    progbar = keras.utils.Progbar(cfg.train.steps, stateful_metrics=["loss", "acc", "lr"],
-                                  verbose=1 if chief else 0)
-    iterator = iter(train_dist)
-    set_loss_step = getattr(loss_fn, "set_step", None)  # LDAM's deferred re-weighting switch
-    while int(step.numpy()) < cfg.train.steps:
-        if set_loss_step:
-            set_loss_step(int(step.numpy()))
-        train_step(iterator)
-        current = int(step.assign_add(1).numpy())
-        if current % cfg.train.log_every == 0 or current == cfg.train.steps:
-            lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate,
-                                                                   "numpy") else 0.0
-            values = [("loss", float(train_loss.result())), ("acc", float(train_acc.result())),
-                      ("lr", lr)]
-            progbar.update(current, values)
-            with writer.as_default(step=current):
-                for name, value in values:
-                    tf.summary.scalar(name, value)
-            train_loss.reset_state()
-            train_acc.reset_state()
-        if current % cfg.train.checkpoint_every == 0 or current == cfg.train.steps:
-            manager.save(checkpoint_number=current)
+    train_function = _make_train_function(task, strategy, model, optimizer, metrics,
+                                          cfg.train.jit_compile)
+    writer = tf.summary.create_file_writer(write_dir.log_dir("train"))
+    eval_writer = tf.summary.create_file_writer(write_dir.log_dir("eval"))
+    train_accuracy = None
+    current = resumed_from
+    with ProgressBar(total=cfg.train.steps, desc="train", unit="step", enabled=chief) as bar:
+        bar.update(resumed_from)
+        while current < cfg.train.steps:
+            task.on_step(current, model)
+            train_function(iterator)
+            current = int(step.assign_add(1).numpy())
+            if _scalar(metrics["nonfinite_steps"]) > 0:
+                metrics["nonfinite_steps"].reset_state()
+                message = (f"step {current}: non-finite loss or gradient norm (loss "
+                           f"{_scalar(metrics['loss']):.4g}, gradient norm "
+                           f"{_scalar(metrics['grad_norm']):.4g})")
+                if cfg.train.on_nonfinite == "stop":
+                    raise TrainingError(message + "; stopped without saving (lower "
+                                        "optimizer.learning_rate, or set train.on_nonfinite=skip_step)")
+                logging.warning("%s; the update was skipped", message)
+            values = None
+            if current % cfg.train.log_every == 0 or current == cfg.train.steps:
+                values = {name: _scalar(m) for name, m in metrics.items() if name != "nonfinite_steps"}
+                values["lr"] = _learning_rate(optimizer)
+                train_accuracy = values.get("accuracy", train_accuracy)
+                with writer.as_default(step=current):
+                    for name, value in values.items():
+                        tf.summary.scalar(name, value)
+                if chief:
+                    run_dir.append_history({"kind": "train", "step": current, **values})
+                for m in metrics.values():
+                    m.reset_state()
+            bar.update(1, **(values or {}))
+            stop_early = False
+            if val_ds is not None and current % cfg.train.eval_every == 0:
+                report = task.evaluate(model, val_ds)
+                scalars = {k: v for k, v in report.items() if isinstance(v, float)}
+                with eval_writer.as_default(step=current):
+                    for name, value in scalars.items():
+                        tf.summary.scalar(f"val_{name}", value)
+                if chief:
+                    run_dir.append_history({"kind": "eval", "step": current, **scalars})
+                stop_early = best.update(report, current)
+            if current % cfg.train.checkpoint_every == 0 or current == cfg.train.steps or stop_early:
+                manager.save(checkpoint_number=current)
+            if stop_early:
+                logging.info("early stopping at step %d: no %s gain in %d evaluations", current,
+                             cfg.train.best_metric, cfg.train.early_stopping)
+                break
     writer.flush()
+    if val_ds is not None:
+        best.restore()
 
-    report = evaluation.evaluate(model, eval_ds, info.train_class_counts, cfg.train.eval_batches,
-                                 cfg.train.many_threshold, cfg.train.few_threshold)
-    report["train_steps"] = int(step.numpy())
+    report = task.evaluate(model, eval_ds)
+    report["train_steps"] = current
+    _warn_if_batchnorm_not_warmed_up(train_accuracy, report, info.num_classes, current)
     if chief:
-        _save_artifacts(cfg, model, info, report, model_dir)
-        with tf.summary.create_file_writer(os.path.join(model_dir, "logs", "eval")).as_default(
-                step=int(step.numpy())):
+        task.save_artifacts(run_dir, model, report)
+        with eval_writer.as_default(step=current):
             for name in ("top1", "top5", "balanced_accuracy"):
-                tf.summary.scalar(name, report[name])
-    return TrainResult(model_dir, int(step.numpy()), resumed_from, time.time() - start_time, report)
+                if isinstance(report.get(name), float):
+                    tf.summary.scalar(name, report[name])
+        if cfg.train.plots:
+            _write_plots(run_dir, eval_writer, current)
+    eval_writer.flush()
+    return TrainResult(cfg.train.model_dir, current, resumed_from, time.time() - start_time, report)
 
 
-def _save_artifacts(cfg, model, info, report, model_dir) -> None:
-    """model.keras (a strategy-free copy), backbone weights, class names/counts, eval report."""
-    plain = build_model(cfg, info.num_classes)
-    plain.set_weights(model.get_weights())
-    plain.save(os.path.join(model_dir, "model.keras"))
-    # The backbone alone, for a second stage (`model.weights=<model_dir>/backbone.weights.h5`),
-    # e.g. a kernel-pooling head fine-tuned on a trained backbone as in seed 000 §3.3.1.
-    backbone = next(layer for layer in plain.layers if isinstance(layer, keras.Model))
-    backbone.save_weights(os.path.join(model_dir, "backbone.weights.h5"))
-    with open(os.path.join(model_dir, "class_names.txt"), "w") as f:
-        f.write("\n".join(info.class_names) + "\n")
-    with open(os.path.join(model_dir, "class_counts.json"), "w") as f:
-        json.dump([int(c) for c in info.train_class_counts], f)
-    with open(os.path.join(model_dir, "eval_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+def _write_plots(run_dir: RunDir, writer, step: int) -> None:
+    """Loss / accuracy curves from the history, then every PNG of the run as a TensorBoard image."""
+    from finegrain_tf.train import plots
+    plots.curves(run_dir.plot_path("curves.png"), run_dir.load_history())
+    with writer.as_default(step=step):
+        for path in sorted(glob.glob(run_dir.plot_path("*.png"))):
+            image = tf.io.decode_png(tf.io.read_file(path), channels=3)
+            tf.summary.image(os.path.splitext(os.path.basename(path))[0], image[None])

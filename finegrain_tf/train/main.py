@@ -1,14 +1,18 @@
-"""`finegrain-train`: trains an experiment config under a tf.distribute strategy.
+"""finegrain-train: trains an experiment config under a tf.distribute strategy.
 
   finegrain-train --config configs/demo.yaml --set train.steps=500 --model_dir runs/demo
 
 --config may be repeated (applied in order) and so may --set (typed `section.key=value` overrides).
-The resolved config is written to <model_dir>/params.yaml; finegrain-export reads it back.
+The resolved config is written to <model_dir>/params.yaml; finegrain-export reads it back. A killed
+run resumes from its newest intact checkpoint when started again with the same command.
 """
+
+import sys
 
 from absl import app, flags, logging
 
 from finegrain_tf.train.config import build_config
+from finegrain_tf.utils import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("config", [], "YAML config file(s), applied in order.")
@@ -27,7 +31,10 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     from finegrain_tf.train import evaluation, loop  # heavy imports after flag validation
-    result = loop.train(cfg)
+    try:
+        result = loop.train(cfg)
+    except (ValueError, loop.TrainingError) as e:  # bad data, non-finite loss, no intact checkpoint
+        sys.exit(f"finegrain-train: error: {e}")
     logging.info("trained %d steps in %.1f s (resumed from step %d)", result.step, result.seconds,
                  result.resumed_from)
     print(evaluation.format_report(result.report))
@@ -35,7 +42,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __name__)
 
 
 if __name__ == "__main__":

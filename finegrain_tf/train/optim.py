@@ -1,7 +1,13 @@
-"""Training policy as small pure functions: learning-rate schedule and optimizer.
+"""Training policy as small pure functions: learning-rate schedule, optimizer, weight decay.
 
 The seeds train with SGD-momentum + step decay + warm-up (ch.3, ch.5) and with RMSProp (decay 0.9,
 momentum 0.9) + exponential decay 0.94 (ch.4); both are expressible here.
+
+Weight decay is decoupled (Keras' `weight_decay`). `decay_variables(model, decay_bias,
+decay_batchnorm)` are the variables it applies to: the seed removes weight decay from the last layer's
+bias (§5.4.2), and by default every bias and the normalisation layers' scale/offset are excluded
+(`decay_bias=True` / `decay_batchnorm=True` put them back); `configure_weight_decay` hands the
+complement to the optimizer's `exclude_from_weight_decay`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ import math
 import keras
 import tensorflow as tf
 
-from finegrain_tf.train.config import OptimizerConfig
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+_NORM_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+                keras.layers.GroupNormalization)
 
 
 @keras.saving.register_keras_serializable(package="finegrain_tf")
@@ -32,7 +41,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.decay_steps = int(decay_steps)
         self.decay_rate = float(decay_rate)
         self.total_steps = int(total_steps)
-        if schedule not in ("constant", "step", "exponential", "cosine"):
+        if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}")
         if self.decay_steps <= 0:
             raise ValueError(f"decay_steps must be > 0, got {decay_steps!r}")
@@ -60,13 +69,14 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "decay_rate": self.decay_rate, "total_steps": self.total_steps}
 
 
-def build_schedule(cfg: OptimizerConfig, total_steps: int) -> WarmupDecay:
+def build_schedule(cfg, total_steps: int) -> WarmupDecay:
     return WarmupDecay(cfg.learning_rate, cfg.schedule, cfg.warmup_steps, cfg.decay_steps,
                        cfg.decay_rate, total_steps)
 
 
-def build_optimizer(cfg: OptimizerConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """The optimizer of `cfg`; weight decay is decoupled (Keras' `weight_decay` argument)."""
+def build_optimizer(cfg, total_steps: int) -> keras.optimizers.Optimizer:
+    """The optimizer of `cfg` (an `OptimizerConfig`); weight decay is decoupled (Keras'
+    `weight_decay` argument; exclude variables with `configure_weight_decay` before building)."""
     common = {"learning_rate": build_schedule(cfg, total_steps),
               "weight_decay": cfg.weight_decay or None}
     if cfg.clip_value > 0:
@@ -82,3 +92,36 @@ def build_optimizer(cfg: OptimizerConfig, total_steps: int) -> keras.optimizers.
         common["weight_decay"] = cfg.weight_decay
         return keras.optimizers.AdamW(epsilon=cfg.epsilon, **common)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def _excluded(model, decay_bias: bool, decay_batchnorm: bool) -> set:
+    excluded = set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, _NORM_LAYERS):
+            if not decay_batchnorm:
+                excluded.update(id(v) for v in layer.trainable_variables)
+            continue
+        if not decay_bias:
+            for v in layer._trainable_variables:
+                if v.name == "bias" or v.path.endswith("/bias"):
+                    excluded.add(id(v))
+    return excluded
+
+
+def decay_variables(model, decay_bias: bool = False, decay_batchnorm: bool = False) -> list:
+    """The trainable variables weight decay should apply to (kernels, embeddings, ...).
+
+    Biases are excluded unless `decay_bias`; BatchNorm/LayerNorm/GroupNorm gamma and beta unless
+    `decay_batchnorm` (config keys optimizer.decay_bias / optimizer.decay_batchnorm).
+    """
+    excluded = _excluded(model, decay_bias, decay_batchnorm)
+    return [v for v in model.trainable_variables if id(v) not in excluded]
+
+
+def configure_weight_decay(optimizer, model, decay_bias: bool = False, decay_batchnorm: bool = False):
+    """Excludes every trainable variable outside `decay_variables` from the optimizer's decoupled
+    weight decay (call before the optimizer is built); returns the optimizer."""
+    keep = {id(v) for v in decay_variables(model, decay_bias, decay_batchnorm)}
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for v in model.trainable_variables if id(v) not in keep])
+    return optimizer

@@ -93,7 +93,7 @@ def test_features_from_model_dir(tmp_path):
               "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
               "data.synthetic.test_per_class=3", "data.synthetic.image_size=16", "data.image_size=16",
               "data.batch_size=4"):
-        apply_override(cfg, o)
+        cfg = apply_override(cfg, o)
     model_dir = tmp_path / "run"
     save_params(cfg, str(model_dir))
     inp = keras.Input((16, 16, 3))

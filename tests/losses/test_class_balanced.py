@@ -326,7 +326,8 @@ def test_prior_bias_initializer_and_sigmoid_start():
 
 
 def test_decay_variables_excludes_bias_and_batchnorm(tmp_path):
-    from finegrain_tf.models.initializers import PriorBias, configure_weight_decay, decay_variables
+    from finegrain_tf.layers import PriorBias
+    from finegrain_tf.train.optim import configure_weight_decay, decay_variables
     inner = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 3, name="conv"),
                               keras.layers.BatchNormalization(name="bn")], name="backbone")
     inputs = keras.Input((4, 4, 2))

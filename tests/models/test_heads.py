@@ -1,4 +1,5 @@
-"""Tests of the classifier heads: poolings, flip-averaged inference, logistic-regression init."""
+"""Tests of the classifier heads: poolings, flip-averaged inference, the anchor-vote head, and the
+data-dependent initialisers of `finegrain_tf.train.initialization` that act on them."""
 
 import os
 
@@ -9,15 +10,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from finegrain_tf.layers.kernel_pooling import KernelPooling, estimate_gamma  # noqa: E402
+from finegrain_tf.layers import KernelPooling, estimate_gamma  # noqa: E402
 from finegrain_tf.models import heads  # noqa: E402
+from finegrain_tf.train import initialization  # noqa: E402
 from finegrain_tf.train.config import build_config  # noqa: E402
 
 S = 32  # small_cnn: 4x4x256 feature map
 CONFIGS = ["configs/cub200_kernel_pooling.yaml", "configs/cub200_compact_bilinear.yaml",
            "configs/cub200_bilinear.yaml", "configs/synthetic_kernel_pooling.yaml"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = dict(compact_dim=24, kernel_order=3, kernel_dims=16, kernel_gamma=0.5)
+SMALL = dict(compact_dim=24, kernel_pooling=dict(order=3, dims=16, gamma=0.5))
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +107,16 @@ def test_saved_model_export_loads_in_tf1_session(flip_kernel_model, tmp_path):
 def test_logistic_regression_init_and_gamma_estimate(synthetic):
     images, labels = synthetic
     model = heads.build_classifier("small_cnn", pooling="kernel", num_classes=5, input_size=S,
-                                   compact_dim=24, kernel_order=3, kernel_dims=16, flip_test=True)
+                                   compact_dim=24, kernel_pooling=dict(order=3, dims=16),
+                                   flip_test=True)
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
     pool = model.get_layer("pool")
-    info = heads.init_classifier_by_logistic_regression(model, ds, C=100.0)
+    gammas = initialization.adapt_kernel_pooling_gamma(model, ds)
+    info = initialization.init_classifier_by_logistic_regression(model, ds, C=100.0)
     # gamma = 1 / mean <x, y> over the feature vectors feeding the pooling (flip-doubled batches)
     maps = keras.Model(model.inputs, pool.input).predict(images, batch_size=16, verbose=0)
-    assert info["gamma"]["pool"] == pytest.approx(estimate_gamma(maps), rel=1e-4)
-    assert pool.effective_gamma() == pytest.approx(info["gamma"]["pool"], rel=1e-5)
+    assert gammas["pool"] == pytest.approx(estimate_gamma(maps), rel=1e-4)
+    assert pool.effective_gamma() == pytest.approx(gammas["pool"], rel=1e-5)
     # the logits layer now reproduces the fitted classifier: accuracy well above chance (1/4)
     predictions = np.argmax(model.predict(images, batch_size=16, verbose=0), -1)
     accuracy = float(np.mean(predictions == labels))
@@ -122,8 +126,8 @@ def test_logistic_regression_init_and_gamma_estimate(synthetic):
     bias = model.get_layer("logits").bias.numpy()
     assert bias[4] < bias[:4].min()  # class 4 is absent from the data
     # given gammas are kept unless forced
-    assert heads.adapt_kernel_pooling_gamma(model, ds, steps=1) == {}
-    forced = heads.adapt_kernel_pooling_gamma(model, ds, steps=1, force=True)
+    assert initialization.adapt_kernel_pooling_gamma(model, ds, steps=1) == {}
+    forced = initialization.adapt_kernel_pooling_gamma(model, ds, steps=1, force=True)
     assert forced["pool"] == pytest.approx(estimate_gamma(maps[:32]), rel=1e-4)
 
 
@@ -164,9 +168,9 @@ def test_configs_load_and_map_to_build_kwargs(path):
     assert kwargs["pooling"] == cfg.model.pooling and kwargs["flip_test"]
     assert cfg.optimizer.clip_value == 1.0
     if cfg.model.pooling == "kernel":
-        assert kwargs["kernel_gamma"] is None and kwargs["kernel_order"] == 4
+        assert kwargs["kernel_pooling"].gamma is None and kwargs["kernel_pooling"].order == 4
     pool = heads.make_pooling(**{k: v for k, v in kwargs.items()
-                                 if k in ("pooling", "compact_dim") or k.startswith("kernel_")})
+                                 if k in ("pooling", "compact_dim", "kernel_pooling")})
     assert pool.name == "pool"
 
 
@@ -183,7 +187,7 @@ def test_anchor_vote_head_matches_eq_2_3_and_round_trips(synthetic, tmp_path):
                                    head="anchor_vote", anchors_per_class=2, anchor_gamma=5.0)
     assert isinstance(model.get_layer("logits"), AnchorSoftVote)
     images, labels = synthetic
-    used = heads.init_anchors_by_kmeans(model, [(images, labels)])
+    used = initialization.init_anchors_by_kmeans(model, [(images, labels)])
     assert used == len(labels)
     # softmax of the logits is eq 2.3 on the L2-normalised embedding (naive float64 numpy).
     unit = keras.Model(model.inputs, model.get_layer("embedding_l2").output)(images[:3]).numpy()
@@ -210,4 +214,13 @@ def test_anchor_vote_head_rejects_prior_bias_and_linear_init():
         heads.build_classifier("small_cnn", num_classes=4, input_size=S, head="mlp")
     linear = heads.build_classifier("small_cnn", num_classes=4, input_size=S)
     with pytest.raises(ValueError, match="anchor_vote"):
-        heads.init_anchors_by_kmeans(linear, [(_images(4), np.arange(4))])
+        initialization.init_anchors_by_kmeans(linear, [(_images(4), np.arange(4))])
+
+
+def test_kernel_pooling_settings_are_one_object():
+    cfg = build_config([], ["model.pooling=kernel", "model.kernel_pooling.order=2",
+                            "model.kernel_pooling.dims=8", "model.kernel_pooling.gamma=0.25"])
+    pool = heads.make_pooling("kernel", kernel_pooling=cfg.model.kernel_pooling)
+    assert (pool.order, pool.gamma) == (2, 0.25)
+    with pytest.raises(ValueError, match="unknown kernel_pooling keys.*'kernel_order'"):
+        heads.make_pooling("kernel", kernel_pooling={"kernel_order": 2})

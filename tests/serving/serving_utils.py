@@ -33,13 +33,10 @@ def build_tiny_model(seed=0, num_classes=len(CLASS_NAMES), image_size=IMAGE_SIZE
 def write_model_dir(path, model, class_names=CLASS_NAMES, image_size=IMAGE_SIZE, resize_size=RESIZE_SIZE):
     from finegrain_tf.train import config
 
-    cfg = config.ExperimentConfig()
-    cfg.data.image_size = image_size
-    cfg.data.resize_size = resize_size
-    cfg.export.model_name = MODEL_NAME
-    cfg.export.top_k = TOP_K
+    cfg = config.build_config([], [f"data.image_size={image_size}", f"data.resize_size={resize_size}",
+                                   f"export.model_name={MODEL_NAME}", f"export.top_k={TOP_K}"])
     os.makedirs(path, exist_ok=True)
-    config.save_params(config.validate(cfg), str(path))
+    config.save_params(cfg, str(path))
     model.save(os.path.join(path, "model.keras"))
     with open(os.path.join(path, "class_names.txt"), "w") as f:
         f.write("\n".join(class_names) + "\n")

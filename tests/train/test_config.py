@@ -78,7 +78,7 @@ def test_bad_overrides(override, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.pooling=max", "model.pooling='max'"),
+    ("model.pooling=max", "model.pooling.*'max'"),
     ("loss.beta=1.0", "loss.beta"),
     ("data.batch_size=0", "data.batch_size"),
     ("data.resize_size=10", "resize_size=10"),

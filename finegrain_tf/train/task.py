@@ -1,0 +1,133 @@
+"""The Task API: what one kind of training means (modelled on tensorflow/models `official/core/base_task.py`).
+
+A `Task` is constructed from the whole `ExperimentConfig` and owns the data, the model, the loss, the
+data-dependent initialisation, the train step and the evaluation of one kind of training. The generic
+loop (`finegrain_tf.train.loop`: strategy, checkpoints, progress, TensorBoard, resume) calls it:
+
+    task = get_task(cfg)                                   # the class registered as cfg.task.name
+    dataset = task.build_inputs(training=True)             # fills task.data_info
+    with strategy.scope():
+        model = task.build_model(); loss = task.build_losses(); metrics = task.build_metrics()
+    task.initialize(model, dataset)                        # fresh runs only (gamma, anchors, ...)
+    for step in ...:
+        task.on_step(step, model)
+        strategy.run(task.train_step, args=(next(iterator), model, optimizer, metrics))
+    report = task.evaluate(model, task.build_inputs(training=False))
+    task.save_artifacts(RunDir(model_dir), model, report)
+
+Register a task with `@register_task("name")` in `finegrain_tf/train/tasks/<name>.py` and add one import
+line to `finegrain_tf/train/tasks/__init__.py`; `task.name` in the config picks it, and the config's
+choices come from this registry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional
+
+import keras
+import tensorflow as tf
+
+if TYPE_CHECKING:  # the config imports this module to validate task.name
+    from finegrain_tf.train.config import ExperimentConfig
+    from finegrain_tf.train.run_dir import RunDir
+
+TASKS: dict[str, type] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator: makes a `Task` subclass available as config `task.name: <name>`."""
+    def wrap(cls):
+        if name in TASKS and TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is already registered by {TASKS[name].__qualname__}")
+        TASKS[name] = cls
+        cls.name = name
+        return cls
+    return wrap
+
+
+def task_names() -> list:
+    """The registered task names (importing the task modules registers them)."""
+    import finegrain_tf.train.tasks  # noqa: F401
+    return sorted(TASKS)
+
+
+def get_task(cfg: "ExperimentConfig") -> "Task":
+    """The task of `cfg.task.name`, constructed from `cfg`."""
+    names = task_names()
+    if cfg.task.name not in TASKS:
+        raise ValueError(f"task.name={cfg.task.name!r} is not one of {names}")
+    return TASKS[cfg.task.name](cfg)
+
+
+class Task:
+    """One kind of training. Subclasses implement the methods that raise NotImplementedError."""
+
+    name = ""
+
+    def __init__(self, cfg: "ExperimentConfig"):
+        self.cfg = cfg
+        self.data_info = None  # the data description, set by the first `build_inputs` call
+        # Set by the loop before the first step (mixed_float16 -> gradients may overflow by design).
+        self.check_gradients = True
+
+    # -- data, model, loss ----------------------------------------------------------------------
+
+    def build_inputs(self, training: bool, input_context: Optional[tf.distribute.InputContext] = None,
+                     split: Optional[str] = None) -> tf.data.Dataset:
+        """Train batches (repeated, shuffled; per-replica batches when `input_context` is given) or
+        evaluation batches of `split` (default: the config's eval split). Sets `self.data_info`."""
+        raise NotImplementedError
+
+    def build_model(self) -> keras.Model:
+        """The model trained and saved as model.keras (build it after `build_inputs`)."""
+        raise NotImplementedError
+
+    def build_losses(self):
+        """One loss object, usable by `train_step` and in a user's `model.fit`."""
+        raise NotImplementedError
+
+    def build_metrics(self) -> dict:
+        """Train metrics updated by `train_step` (keras.metrics, created under the strategy scope).
+        "loss", "grad_norm" and "nonfinite_steps" are read by the loop."""
+        return {"loss": keras.metrics.Mean("loss"), "grad_norm": keras.metrics.Mean("grad_norm"),
+                "nonfinite_steps": keras.metrics.Sum("nonfinite_steps")}
+
+    def initialize(self, model: keras.Model, dataset: tf.data.Dataset) -> dict:
+        """Data-dependent initialisation on fresh runs only; returns what it did (for the log)."""
+        return {}
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def on_step(self, step: int, model: keras.Model) -> None:
+        """Called by the loop before every step (outside tf.function): LDAM's DRW switch, sampler
+        refreshes, ..."""
+
+    def train_step(self, inputs, model: keras.Model, optimizer, metrics: dict) -> None:
+        """One step on one replica's batch (runs inside `strategy.run`); updates `metrics`."""
+        raise NotImplementedError
+
+    def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, model: keras.Model, optimizer,
+                        metrics: dict) -> None:
+        """Gradient of `loss` (this replica's share of the global-batch mean), applied by `optimizer`.
+
+        Records the gradient norm and whether the loss or the gradient norm is non-finite in
+        `metrics` ("grad_norm", "nonfinite_steps"; summed over replicas). Under mixed_float16 the
+        loss-scale optimizer skips overflowing steps itself, so only the loss is checked there.
+        """
+        variables = model.trainable_variables
+        grads = tape.gradient(optimizer.scale_loss(loss), variables)
+        grad_norm = tf.linalg.global_norm([g for g in grads if g is not None])
+        finite = tf.math.is_finite(tf.cast(loss, tf.float32))
+        if self.check_gradients:
+            finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
+        optimizer.apply_gradients(zip(grads, variables))
+        metrics["grad_norm"].update_state(grad_norm)
+        metrics["nonfinite_steps"].update_state(1.0 - tf.cast(finite, tf.float32))
+
+    def evaluate(self, model: keras.Model, dataset: tf.data.Dataset) -> dict:
+        """Metrics of `model` on evaluation batches (a JSON-able dict)."""
+        raise NotImplementedError
+
+    def save_artifacts(self, run_dir: "RunDir", model: keras.Model, report: dict) -> None:
+        """Writes the run's artifacts (model.keras, class names, report, ...) through `run_dir`."""
+        raise NotImplementedError
