@@ -129,3 +129,44 @@ def sibling_hard_negatives(labels: np.ndarray, superclass_of: np.ndarray, split:
             items.append(synthetic_id(split, i))
             proposed.append(int(rng.choice(siblings)))
     return HardNegatives(items=items, classes=np.asarray(proposed, np.int64))
+
+
+def resolve_hard_negatives(data_cfg, class_names: Sequence[str]) -> tuple:
+    """The hard negatives of a `DataConfig` (`data.hard_negatives`: a file, or "simulated" for the
+    synthetic data's sibling rejections) and where each image is.
+
+    Returns (HardNegatives, sources) where each source is a uint8 image [H, W, 3] (synthetic ids) or a
+    local file path (str).
+    """
+    from finegrain_tf.data import synthetic
+
+    spec = data_cfg.hard_negatives
+    if not spec:
+        raise ValueError("data.hard_negatives is empty: no hard-negative file given")
+    data = None
+    if spec == "simulated":
+        if data_cfg.name != "synthetic" or data_cfg.class_filter:
+            raise ValueError("data.hard_negatives='simulated' needs data.name='synthetic' without a "
+                             "data.class_filter")
+        data = synthetic.generate_from_config(data_cfg.synthetic)
+        found = sibling_hard_negatives(data.labels["val"], data.superclass_of, split="val",
+                                       seed=data_cfg.seed)
+    else:
+        found = load_hard_negatives(spec, class_names)
+    if not len(found):
+        raise ValueError(f"data.hard_negatives={spec!r} lists no hard negative")
+    sources = []
+    for item in found.items:
+        parsed = parse_synthetic_id(item)
+        if parsed is None:
+            sources.append(item)
+            continue
+        if data_cfg.name != "synthetic":
+            raise ValueError(f"hard negative {item!r} names a synthetic image but data.name="
+                             f"{data_cfg.name!r}")
+        data = data or synthetic.generate_from_config(data_cfg.synthetic)
+        split, index = parsed
+        if split not in data.images or index >= len(data.images[split]):
+            raise ValueError(f"hard negative {item!r} is not an image of the synthetic data")
+        sources.append(data.images[split][index])
+    return found, sources
