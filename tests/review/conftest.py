@@ -144,6 +144,14 @@ def store(store_url):
     label_store.close()
 
 
+def run_threads(threads) -> None:
+    """Start all, then wait for all (so they really run at once)."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 class ThreadedServer:
     """The review app under uvicorn in a thread, on a free loopback port."""
 
@@ -215,13 +223,27 @@ def sqlite_store(tmp_path):
     label_store.close()
 
 
-@pytest.fixture
-def served(sqlite_store, tmp_path):
-    """A ReviewSetup on a fresh SQLite store, served by the app; its base URL is `.url`. (The HTTP
-    layer is the same on both backends; the store's suite covers PostgreSQL.)"""
+def _serve(folder):
+    """Yields a ReviewSetup on a fresh SQLite store in `folder`, served by the app (base URL
+    `.url`). The HTTP layer is the same on both backends; the store's suite covers PostgreSQL."""
     from finegrain_tf.review.app import create_app
+    from finegrain_tf.review.store import LabelStore
 
-    setup = ReviewSetup(sqlite_store, tmp_path)
-    with ThreadedServer(create_app(sqlite_store)) as server:
+    label_store = LabelStore(f"sqlite:///{folder / 'labels.db'}")
+    label_store.create_schema()
+    setup = ReviewSetup(label_store, folder)
+    with ThreadedServer(create_app(label_store)) as server:
         setup.url = server.url
         yield setup
+    label_store.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    yield from _serve(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def served_module(tmp_path_factory):
+    """One server for a module whose tests must leave the store unchanged."""
+    yield from _serve(tmp_path_factory.mktemp("served"))

@@ -74,7 +74,8 @@ CASES = [
 
 @pytest.mark.parametrize("method, path, headers, kwargs, status, message",
                          [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_bad_request(served, method, path, headers, kwargs, status, message):
+def test_bad_request(served_module, method, path, headers, kwargs, status, message):
+    served = served_module
     kwargs = dict(kwargs)
     sent_headers = dict(kwargs.pop("headers", {}))
     if headers == "alice":
@@ -96,8 +97,9 @@ def test_bad_request(served, method, path, headers, kwargs, status, message):
     "/static/..%2Fstore.py",
     "/static/%2e%2e/app.py",
 ])
-def test_unnormalised_traversal_paths(served, raw_path):
+def test_unnormalised_traversal_paths(served_module, raw_path):
     """http.client sends the path as written (requests and browsers would collapse the dots)."""
+    served = served_module
     connection = http.client.HTTPConnection("127.0.0.1", int(served.url.rsplit(":", 1)[1]), timeout=30)
     connection.request("GET", raw_path, headers=served.headers())
     reply = connection.getresponse()

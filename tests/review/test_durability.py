@@ -23,7 +23,7 @@ import requests
 
 from finegrain_tf.review.store import LabelStore
 
-from .conftest import free_port
+from .conftest import free_port, run_threads
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +54,17 @@ class ServerProcess:
             except requests.ConnectionError:
                 pass
             time.sleep(0.1)
+        self.process.kill()
         raise RuntimeError(f"review server did not answer: {open(self.log_path).read()}")
 
     def kill(self):
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
-    def stop(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(20)
@@ -136,13 +140,8 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(backend_url, tmp_path):
             server.start(token)
 
     threads = [threading.Thread(target=client) for _ in range(4)] + [threading.Thread(target=killer)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        server.stop()
+    with server:  # stopped whatever happens
+        run_threads(threads)
     judged = store.judgements(include_undone=True)
     stored = collections.Counter(j["request_id"] for j in judged)
     lost = [r for r in acked if r not in stored]
@@ -204,13 +203,8 @@ def test_eight_concurrent_labelers(backend_url, tmp_path):
             errors.append(repr(e))
 
     threads = [threading.Thread(target=labeler, args=(i, t)) for i, t in enumerate(tokens)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        server.stop()
+    with server:  # stopped whatever happens
+        run_threads(threads)
     judged = store.judgements(include_undone=True)
     per_item = collections.Counter(j["item_id"] for j in judged)
     pairs = collections.Counter((j["item_id"], j["labeler"]) for j in judged)

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from finegrain_tf.review import store as store_module
 from finegrain_tf.review.store import AuthError, Conflict, LabelStore, NothingToUndo, UnknownItem
 
+from .conftest import run_threads
+
 
 def make_items(n, k=1, round=1, classes=("rose", "tulip"), start=0):
     return [{"item_id": f"r{round}-{i}", "image_path": f"/pool/{i}.jpg",
@@ -227,7 +229,7 @@ def test_k_judgements_majority_and_ties(store):
     stats = store.stats(a)
     assert stats["agreement"] == pytest.approx(2 / 6)  # each item: 1 agreeing pair of 3
     assert {name: s["agreement"] for name, s in stats["per_labeler"].items()} == {
-        "a": 0.5, "b": 1.0, "c": 0.5}
+        "a": 0.5, "b": 1.0, "c": 0.5, "d": None}  # d judged nothing, still listed
     assert stats["me"] == {"labeler": "a", "done": 2, "leased": 0, "remaining": 0}
 
 
@@ -344,11 +346,7 @@ def test_concurrent_labelers_never_share_an_item(store):
         except Exception as e:  # surfaced below
             errors.append(repr(e))
 
-    threads = [threading.Thread(target=labeler, args=(i, t)) for i, t in enumerate(tokens)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads([threading.Thread(target=labeler, args=(i, t)) for i, t in enumerate(tokens)])
     assert errors == []
     judged = collections.Counter(j["item_id"] for j in store.judgements(include_undone=True))
     for item_id in (f"r1-{i}" for i in range(60)):
