@@ -98,6 +98,11 @@ def _csrf(token: str) -> str:
     return hashlib.sha256(b"finegrain-review-csrf:" + token.encode()).hexdigest()[:32]
 
 
+def _small_int(raw: str) -> Optional[int]:
+    """A query or path parameter of ASCII digits as an int (None otherwise: "²".isdigit() is True)."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else None
+
+
 def _item_url(item_id: str, *rest: str) -> str:
     return "/api/items/" + "/".join([urllib.parse.quote(item_id, safe="")] + list(rest))
 
@@ -215,9 +220,10 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
     async def api_queue(request: Request):
         token = await authenticate(request)
         raw = request.query_params.get("limit", "10")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_QUEUE_LIMIT:
+        limit = _small_int(raw)
+        if limit is None or not 1 <= limit <= MAX_QUEUE_LIMIT:
             raise HTTPError(400, f"limit must be an integer in [1, {MAX_QUEUE_LIMIT}], got {raw!r}")
-        leased = await run_in_threadpool(store.lease, token, int(raw))
+        leased = await run_in_threadpool(store.lease, token, limit)
         return {"items": await run_in_threadpool(lambda: [card_fields(i) for i in leased])}
 
     @app.post("/api/verdicts")
@@ -239,7 +245,10 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
         token = await authenticate(request)
         body = await json_body(request)
         check_keys(body, {"item_id"})
-        return await run_in_threadpool(store.undo, token, field(body, "item_id", required=False))
+        try:
+            return await run_in_threadpool(store.undo, token, field(body, "item_id", required=False))
+        except ValueError as e:  # e.g. an item_id no database could hold
+            raise HTTPError(400, str(e)) from None
 
     @app.get("/api/stats")
     async def api_stats(request: Request):
@@ -267,10 +276,11 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
         await authenticate(request)
         item = await run_in_threadpool(store.item, item_id)
         exemplars = (await run_in_threadpool(store.class_info, item["proposed_class"]))["exemplars"]
-        if not index.isdigit() or int(index) >= len(exemplars):
+        number = _small_int(index)
+        if number is None or number >= len(exemplars):
             raise HTTPError(404, f"class of item {item_id!r} has {len(exemplars)} exemplar(s), "
                                  f"no {index!r}")
-        return image_response(exemplars[int(index)])
+        return image_response(exemplars[number])
 
     # ---- pages -----------------------------------------------------------------------------------
 
@@ -334,12 +344,13 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
         leased = await run_in_threadpool(store.lease, token, CARD_LEASE)
         wanted = request.query_params.get("item")
         card = next((i for i in leased if i["item_id"] == wanted), leased[0] if leased else None)
-        stats = await run_in_threadpool(store.stats, token)
-        context = {"me": stats["me"], "total": stats, "card": None, "csrf": _csrf(token),
-                   "notice": NOTICES.get(request.query_params.get("notice", ""))}
+        progress = await run_in_threadpool(store.progress, token,
+                                           card["proposed_class"] if card else None)
+        context = {"me": progress["me"], "total": progress["all"], "card": None,
+                   "csrf": _csrf(token), "notice": NOTICES.get(request.query_params.get("notice", ""))}
         if card is not None:
             context["card"] = await run_in_threadpool(card_fields, card)
-            context["class_progress"] = stats["per_class"][card["proposed_class"]]
+            context["class_progress"] = progress["class"]
             context["request_id"] = uuid.uuid4().hex  # one per rendered card: resubmits replay
         return templates.TemplateResponse(request, "review.html", context)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import numbers
 import secrets
 import time
 from typing import Any, Iterable, Optional
@@ -119,7 +120,30 @@ class Conflict(Exception):
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_text(value: Any, name: str, max_length: Optional[int] = None) -> str:
+    """`value` if it is a non-empty string both databases can store (no NUL, valid Unicode)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(f"{name} must be at most {max_length} characters, got {len(value)}")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode text, got {value!r}") from None
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
 
 
 def normalize_url(url: str) -> str:
@@ -180,6 +204,11 @@ def _still_needed(yes: int, no: int, k: int) -> int:
     return 1 if yes == no else 0
 
 
+def _still_needed_sql(yes, no, k):
+    """`_still_needed` as a SQL expression of columns or scalar subqueries."""
+    return sa.case((yes + no < k, k - yes - no), (yes == no, 1), else_=0)
+
+
 def _majority(yes: int, no: int) -> str:
     return "yes" if yes > no else "no"
 
@@ -216,9 +245,9 @@ class LabelStore:
 
     def add_labeler(self, name: str) -> str:
         """Register a labeler; returns the bearer token (shown once: only its hash is stored)."""
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ValueError(f"labeler name must be a non-empty string of at most 200 characters, "
-                             f"got {name!r}")
+        check_text(name, "labeler name", 200)
+        if not name.strip():
+            raise ValueError(f"labeler name must not be blank, got {name!r}")
         token = secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
             if conn.execute(sa.select(labelers.c.id).where(labelers.c.name == name)).first():
@@ -234,15 +263,13 @@ class LabelStore:
 
     def set_class(self, name: str, definition: str = "", exemplars: Iterable[str] = ()) -> None:
         """What the review card shows for class `name`: its definition text and exemplar images."""
-        if not isinstance(name, str) or not name or len(name) > MAX_ID_LENGTH:
-            raise ValueError(f"class name must be a non-empty string of at most {MAX_ID_LENGTH} "
-                             f"characters, got {name!r}")
-        if not isinstance(definition, str):
-            raise ValueError(f"definition of class {name!r} must be a string, got {definition!r}")
+        check_text(name, "class name", MAX_ID_LENGTH)
+        if definition != "":
+            check_text(definition, f"definition of class {name!r}")
         if isinstance(exemplars, str):
             raise ValueError(f"exemplars of class {name!r} must be a list of image paths, "
                              f"got the string {exemplars!r}")
-        paths = [str(p) for p in exemplars]
+        paths = [check_text(str(p), f"exemplar of class {name!r}") for p in exemplars]
         row = {"definition": definition, "exemplars": json.dumps(paths)}
         with self.engine.begin() as conn:
             if conn.execute(sa.select(classes.c.name).where(classes.c.name == name)).first():
@@ -293,19 +320,17 @@ class LabelStore:
         unknown = sorted(set(item) - allowed)
         if unknown:
             raise ValueError(f"item {item.get('item_id')!r} has unknown keys {unknown}")
-        for key in ("item_id", "image_path", "proposed_class"):
-            value = item[key]
-            if not isinstance(value, str) or not value or (key != "image_path"
-                                                            and len(value) > MAX_ID_LENGTH):
-                raise ValueError(f"{key} must be a non-empty string (at most {MAX_ID_LENGTH} "
-                                 f"characters for ids), got {value!r}")
+        check_text(item["item_id"], "item_id", MAX_ID_LENGTH)
+        check_text(item["image_path"], f"image_path of item {item['item_id']!r}")
+        check_text(item["proposed_class"], f"proposed_class of item {item['item_id']!r}",
+                   MAX_ID_LENGTH)
         k = item.get("judgements", 1)
         for key, value, low in (("round", item["round"], 0), ("judgements", k, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not _is_int(value) or value < low:
                 raise ValueError(f"{key} of item {item['item_id']!r} must be an int >= {low}, "
                                  f"got {value!r}")
         score = item["score"]
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
+        if not _is_number(score):
             raise ValueError(f"score of item {item['item_id']!r} must be a number, got {score!r}")
         return {"item_id": item["item_id"], "image_path": item["image_path"],
                 "proposed_class": item["proposed_class"], "round": int(item["round"]),
@@ -313,6 +338,10 @@ class LabelStore:
 
     def item(self, item_id: str) -> dict:
         """The queued item; UnknownItem if none."""
+        try:
+            check_text(item_id, "item_id")
+        except ValueError:
+            raise UnknownItem(f"unknown item {item_id!r}") from None
         with self._reading() as conn:
             row = conn.execute(sa.select(items).where(items.c.item_id == item_id)).first()
         if row is None:
@@ -322,8 +351,8 @@ class LabelStore:
     # ---- leases and verdicts ----------------------------------------------------------------------
 
     def _labeler(self, conn, token) -> tuple[int, str]:
-        if not isinstance(token, str) or not token:
-            raise AuthError("missing token")
+        if not isinstance(token, str) or not token or "\x00" in token:
+            raise AuthError("missing token" if not token else "unknown token")
         row = conn.execute(sa.select(labelers.c.id, labelers.c.name)
                            .where(labelers.c.token_hash == hash_token(token))).first()
         if row is None:
@@ -339,9 +368,7 @@ class LabelStore:
         others = sa.select(sa.func.count()).where(
             leases.c.item_id == items.c.item_id, leases.c.labeler_id != labeler_id,
             leases.c.expires_at > now).scalar_subquery()
-        needed = sa.case((yes + no < items.c.judgements, items.c.judgements - yes - no),
-                         (yes == no, 1), else_=0)
-        return needed - others
+        return _still_needed_sql(yes, no, items.c.judgements) - others
 
     def _seen_by(self, labeler_id: int):
         """SQL condition (correlated to `items`): the labeler has a standing verdict on the item."""
@@ -352,10 +379,10 @@ class LabelStore:
         """Up to `limit` items for this labeler to judge: the ones it already holds (renewed) first,
         then new ones (by round, class, descending score). Each is an item dict plus
         "lease_expires" (epoch seconds)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if not _is_int(limit) or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
-        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) \
-                or not lease_seconds > 0:
+        limit = int(limit)
+        if not _is_number(lease_seconds) or not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be a positive number, got {lease_seconds!r}")
         with self.engine.begin() as conn:
             labeler_id, _ = self._labeler(conn, token)
@@ -413,12 +440,8 @@ class LabelStore:
         "request_id", "replayed", "decision": "yes"|"no"|None}."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-        if not isinstance(request_id, str) or not request_id \
-                or len(request_id) > MAX_REQUEST_ID_LENGTH:
-            raise ValueError(f"request_id must be a non-empty string of at most "
-                             f"{MAX_REQUEST_ID_LENGTH} characters, got {request_id!r}")
-        if not isinstance(item_id, str) or not item_id:
-            raise ValueError(f"item_id must be a non-empty string, got {item_id!r}")
+        check_text(request_id, "request_id", MAX_REQUEST_ID_LENGTH)
+        check_text(item_id, "item_id")
         try:
             return self._record_verdict(token, item_id, verdict, request_id)
         except sa.exc.IntegrityError:
@@ -492,6 +515,8 @@ class LabelStore:
         """Withdraw this labeler's standing verdict on `item_id` (default: its latest verdict on
         any item) and lease the item back to it when a slot is free. Returns {"item_id",
         "verdict" (the withdrawn one), "request_id", "leased"}; NothingToUndo if there is none."""
+        if item_id is not None:
+            check_text(item_id, "item_id")
         with self.engine.begin() as conn:
             labeler_id, name = self._labeler(conn, token)
             if item_id is None:
@@ -526,31 +551,49 @@ class LabelStore:
 
     # ---- reading results --------------------------------------------------------------------------
 
-    def _item_tallies(self, conn, round: Optional[int]) -> list:
-        """(item_id, proposed_class, round, k, yes, no) for every item (of `round`)."""
+    @staticmethod
+    def _tallies(round: Optional[int] = None):
+        """Subquery: one row per item (of `round`) with its k and standing yes / no counts."""
         standing = sa.and_(verdicts.c.item_id == items.c.item_id, verdicts.c.undone_at.is_(None))
-        yes = sa.func.sum(sa.case((verdicts.c.verdict == "yes", 1), else_=0))
-        no = sa.func.sum(sa.case((verdicts.c.verdict == "no", 1), else_=0))
+        count = lambda v: sa.func.coalesce(sa.func.sum(sa.case((verdicts.c.verdict == v, 1),
+                                                               else_=0)), 0)
         query = (sa.select(items.c.item_id, items.c.proposed_class, items.c.round,
-                           items.c.judgements, yes, no)
+                           items.c.judgements.label("k"), count("yes").label("yes"),
+                           count("no").label("no"))
                  .select_from(items.outerjoin(verdicts, standing))
                  .group_by(items.c.item_id, items.c.proposed_class, items.c.round,
                            items.c.judgements))
         if round is not None:
             query = query.where(items.c.round == round)
-        return [(i, c, r, k, int(y or 0), int(n or 0)) for i, c, r, k, y, n in conn.execute(query)]
+        return query.subquery("tallies")
 
     def decisions(self, round: Optional[int] = None) -> dict:
         """{item_id: "yes"|"no"} for every decided item (majority of its k judgements)."""
+        t = self._tallies(round)
         with self._reading() as conn:
-            tallies = self._item_tallies(conn, round)
-        return {i: _majority(y, n) for i, _c, _r, k, y, n in tallies if _still_needed(y, n, k) == 0}
+            rows = conn.execute(sa.select(t.c.item_id, t.c.yes, t.c.no)
+                                .where(_still_needed_sql(t.c.yes, t.c.no, t.c.k) == 0)).all()
+        return {i: _majority(y, n) for i, y, n in rows}
 
     def pending(self, round: Optional[int] = None) -> int:
         """How many items (of `round`) are not decided yet."""
+        t = self._tallies(round)
         with self._reading() as conn:
-            tallies = self._item_tallies(conn, round)
-        return sum(1 for _i, _c, _r, k, y, n in tallies if _still_needed(y, n, k) > 0)
+            return conn.execute(sa.select(sa.func.count()).select_from(t)
+                                .where(_still_needed_sql(t.c.yes, t.c.no, t.c.k) > 0)).scalar_one()
+
+    def progress(self, token: str, proposed_class: Optional[str] = None) -> dict:
+        """What a review page shows, counted in the database: {"me": this labeler's done / leased /
+        remaining, "all": items / decided, "class": items / decided of `proposed_class`}."""
+        t = self._tallies()
+        decided = sa.func.coalesce(sa.func.sum(
+            sa.case((_still_needed_sql(t.c.yes, t.c.no, t.c.k) == 0, 1), else_=0)), 0)
+        counts = lambda *where: dict(zip(("items", "decided"), conn.execute(
+            sa.select(sa.func.count(), decided).select_from(t).where(*where)).one()))
+        with self._reading() as conn:
+            return {"me": self._my_progress(conn, token), "all": counts(),
+                    "class": counts(t.c.proposed_class == proposed_class)
+                    if proposed_class is not None else None}
 
     def judgements(self, item_id: Optional[str] = None, include_undone: bool = False) -> list:
         """Verdict records, oldest first: {"item_id", "labeler", "verdict", "request_id", "at",
@@ -583,7 +626,7 @@ class LabelStore:
         labeler's verdict counts and agreement with the final decision on multiply-judged items),
         per_round; with a token also "me": this labeler's done / leased / remaining counts."""
         with self._reading() as conn:
-            tallies = self._item_tallies(conn, None)
+            tallies = conn.execute(sa.select(self._tallies())).all()
             rows = conn.execute(
                 sa.select(verdicts.c.item_id, verdicts.c.verdict, labelers.c.name)
                 .join(labelers, labelers.c.id == verdicts.c.labeler_id)

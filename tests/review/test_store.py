@@ -81,6 +81,42 @@ def test_enqueue_is_idempotent_on_item_id(store):
         store.item("nope")
 
 
+def test_numpy_numbers_are_accepted(store):
+    import numpy as np
+
+    item = dict(make_items(1)[0], round=np.int64(2), score=np.float32(0.75), judgements=np.int32(2))
+    assert store.enqueue([item]) == 1
+    assert store.item("r1-0")["round"] == 2 and store.item("r1-0")["judgements"] == 2
+    assert store.lease(store.add_labeler("alice"), np.int64(1))[0]["score"] == 0.75
+
+
+@pytest.mark.parametrize("bad, message", [("a\x00b", "NUL"), ("\ud800", "valid Unicode")])
+def test_text_no_database_can_hold_is_refused(store, bad, message):
+    """PostgreSQL rejects NUL in text and both drivers fail on lone surrogates: the store says so
+    with a ValueError (HTTP 400) instead of a database error (HTTP 500)."""
+    token = store.add_labeler("alice")
+    store.enqueue(make_items(1))
+    with pytest.raises(ValueError, match=message):
+        store.enqueue([dict(make_items(1)[0], item_id=bad)])
+    with pytest.raises(ValueError, match=message):
+        store.enqueue([dict(make_items(1)[0], item_id="x", proposed_class=bad)])
+    with pytest.raises(ValueError, match=message):
+        store.record_verdict(token, bad, "yes", "q1")
+    with pytest.raises(ValueError, match=message):
+        store.record_verdict(token, "r1-0", "yes", bad)
+    with pytest.raises(ValueError, match=message):
+        store.undo(token, bad)
+    with pytest.raises(ValueError, match=message):
+        store.add_labeler(bad)
+    with pytest.raises(ValueError, match=message):
+        store.set_class("rose", "", [bad])
+    with pytest.raises(UnknownItem):
+        store.item(bad)
+    with pytest.raises(AuthError):
+        store.labeler_name(bad)
+    assert store.judgements(include_undone=True) == [] and store.pending() == 1
+
+
 def test_class_info(store):
     assert store.class_info("rose") == {"name": "rose", "definition": "", "exemplars": []}
     store.set_class("rose", "Five petals, thorny stem.", ["/ex/a.jpg", "/ex/b.jpg"])
@@ -242,6 +278,22 @@ def test_decisions_and_pending_by_round(store):
     assert store.decisions(round=1) == {"r1-0": "yes"}
     assert store.decisions(round=2) == {"r2-0": "no"}
     assert (store.pending(round=1), store.pending(round=2), store.pending()) == (1, 2, 3)
+
+
+def test_progress_counts_in_the_database(store):
+    a, b = store.add_labeler("a"), store.add_labeler("b")
+    store.enqueue(make_items(5) + make_items(2, k=2, start=5))  # rose: 0, 2, 4, 6; tulip: 1, 3, 5
+    store.lease(a, 2)
+    store.record_verdict(a, "r1-0", "yes", "1")
+    store.record_verdict(a, "r1-1", "skip", "2")
+    store.record_verdict(a, "r1-6", "yes", "3")
+    store.record_verdict(b, "r1-6", "no", "4")  # a tie: not decided
+    progress = store.progress(a, "rose")
+    stats = store.stats(a)
+    assert progress == {"me": stats["me"], "all": {"items": 7, "decided": 1},
+                        "class": {"items": 4, "decided": 1}}
+    assert progress["me"] == {"labeler": "a", "done": 3, "leased": 1, "remaining": 4}  # 2, 3, 4, 5
+    assert store.progress(b)["class"] is None
 
 
 def naive_stats(judgements, k_of, class_of):
