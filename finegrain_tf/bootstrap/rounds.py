@@ -114,6 +114,16 @@ def _read_json(path: str):
         return json.load(f)
 
 
+def data_overrides(manifest: str, eval_manifest: str = "", hard_negatives: str = "") -> list:
+    """finegrain-train overrides that train on a path,label manifest (+ a hard-negatives file)."""
+    overrides = ["data.name=manifest", f"data.data_dir={manifest}"]
+    if eval_manifest:
+        overrides.append(f"data.eval_manifest={eval_manifest}")
+    if hard_negatives:
+        overrides.append(f"data.hard_negatives={hard_negatives}")
+    return overrides
+
+
 def default_train(configs, overrides) -> None:
     """Trains one round's model with the `finegrain-train` machinery."""
     from finegrain_tf.train import loop
@@ -211,13 +221,10 @@ class Bootstrapper:
 
     def _train(self, i: int, prev: dict) -> str:
         model_dir = os.path.join(self.round_dir(i), "model")
-        overrides = list(self.plan.train_overrides) + [
-            "data.name=manifest", f"data.data_dir={prev['dataset_manifest']}",
+        overrides = list(self.plan.train_overrides) + data_overrides(
+            prev["dataset_manifest"], self.plan.eval_manifest,
+            prev["hard_negatives"] if prev["counts"]["hard_negatives"] else "") + [
             f"train.model_dir={model_dir}", f"train.seed={self.plan.seed + i}"]
-        if self.plan.eval_manifest:
-            overrides.append(f"data.eval_manifest={self.plan.eval_manifest}")
-        if prev["counts"]["hard_negatives"]:
-            overrides.append(f"data.hard_negatives={prev['hard_negatives']}")
         logging.info("round %d: training on %d images + %d hard negatives", i,
                      prev["counts"]["dataset"], prev["counts"]["hard_negatives"])
         self.train_fn(self.plan.train_configs, overrides)
