@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -54,6 +56,18 @@ def read_class_file(path: str) -> dict:
     return classes
 
 
+class RedactTokens(logging.Filter):
+    """Keeps `/login?token=...` out of the access log (uvicorn logs the full path)."""
+
+    _TOKEN = re.compile(r"(token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
 def _add_labeler(args) -> None:
     print(_open_store(args.db).add_labeler(args.name))
 
@@ -67,6 +81,7 @@ def _serve(args) -> None:
     if args.image_root and not os.path.isdir(args.image_root):
         raise ValueError(f"--image_root {args.image_root!r} is not a folder")
     app = create_app(store, image_root=args.image_root or None, max_body_bytes=args.max_body_bytes)
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 

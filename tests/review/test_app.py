@@ -1,6 +1,7 @@
 """The review app over real HTTP (uvicorn on a loopback port, plain `requests`), and its CLI."""
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -139,6 +140,16 @@ def test_page_without_login_shows_the_sign_in_form(served):
     session = requests.Session()
     ok = session.post(f"{served.url}/login", data={"token": served.bob}, timeout=30)
     assert ok.status_code == 200 and '<span class="who">bob</span>' in ok.text
+
+
+def test_access_log_never_shows_tokens():
+    from finegrain_tf.review.main import RedactTokens
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d', ("127.0.0.1:5", "GET",
+                                                           "/login?token=s3cr3t&x=1", "1.1", 303), None)
+    assert RedactTokens().filter(record)
+    assert record.getMessage() == '127.0.0.1:5 - "GET /login?token=<redacted>&x=1 HTTP/1.1" 303'
 
 
 def run_cli(*args, cwd=None):
