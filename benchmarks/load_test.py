@@ -93,7 +93,7 @@ def _stats(latencies, wall, batch):
 def main(argv):
     del argv
     from finegrain_tf.serving import Client, start_server_process
-    from finegrain_tf.serving.export import read_export_info
+    from finegrain_tf.serving.layout import read_export_info
     from finegrain_tf.serving.servable import SessionServable
 
     workdir = tempfile.mkdtemp(prefix="finegrain-load-")

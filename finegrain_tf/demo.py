@@ -51,7 +51,7 @@ def main(argv):
     # Heavy imports after flag parsing so `--help` is instant.
     from finegrain_tf.data import synthetic
     from finegrain_tf.serving import Client, SessionServable, export_from_model_dir, start_server_process
-    from finegrain_tf.serving.export import load_model_dir, verify_export
+    from finegrain_tf.serving import load_model_dir, verify_export
     from finegrain_tf.train import config, loop
 
     logging.set_verbosity(logging.WARNING)  # the demo prints its own summary of each stage

@@ -1,4 +1,13 @@
-"""finegrain_tf.serving: SavedModel export for TF Serving, gRPC client, protocol-compatible dev server.
+"""finegrain_tf.serving: SavedModel export for TF Serving, gRPC/REST clients, and a development server.
+
+  export.py          a training run (or a previous export + new gallery) -> a verified version directory
+  export_module.py   the tf.Module holding model, preprocessing and gallery index; its signatures
+  gallery.py, warmup.py, verify.py, layout.py    the export's parts
+  servable.py        a version loaded through the TF1 session loader (what TF Serving runs)
+  client.py          gRPC and REST clients
+  server.py, rest.py, server_process.py
+                     a development/test harness speaking TF Serving's gRPC and REST protocols
+                     (use the stock TF Serving server in production)
 
 Names are imported lazily (the client and server need the `[serving]` extra: tensorflow-serving-api, grpcio).
 """
@@ -6,12 +15,14 @@ Names are imported lazily (the client and server need the `[serving]` extra: ten
 import importlib
 
 _EXPORTS = {
-    "export_model": "export", "export_from_model_dir": "export", "verify_export": "export",
-    "build_gallery": "export", "load_model_dir": "export", "read_gallery": "export",
-    "ExportVerificationError": "export", "MAX_GALLERY_SIZE": "export",
+    "export_model": "export", "export_from_model_dir": "export", "export_gallery_update": "export",
+    "load_model_dir": "export",
+    "ExportModule": "export_module", "ImagePreprocessing": "export_module",
+    "load_gallery": "gallery", "save_gallery": "gallery", "model_fingerprint": "gallery",
+    "verify_export": "verify", "read_gallery": "verify", "ExportVerificationError": "verify",
     "SessionServable": "servable", "RequestError": "servable", "unservable_ops": "servable",
-    "Client": "client",
-    "DevModelServer": "server", "start_server_process": "server", "ServerProcess": "server",
+    "Client": "client", "RestClient": "client",
+    "DevModelServer": "server", "start_server_process": "server_process", "ServerProcess": "server_process",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,5 @@
-"""gRPC client for TF Serving (or `finegrain-serve`): Predict, GetModelMetadata, GetModelStatus.
+"""Clients for TF Serving (or the `finegrain-serve` harness): gRPC (`Client`: Predict, Classify,
+GetModelMetadata, GetModelStatus) and REST (`RestClient`: :predict, :classify, status).
 
     with Client("localhost:8500", "finegrain") as client:
         client.classify([open("bird.jpg", "rb").read()])   # {"classes", "class_names", "scores"}
@@ -14,15 +15,19 @@ concatenated in order.
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import time
+import urllib.error
+import urllib.request
 from typing import Mapping, Sequence
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, input_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
@@ -180,6 +185,18 @@ class Client:
         out["ids"] = _decode_strings(out["ids"])
         return out
 
+    def classify_examples(self, images, signature_name: str = "classify_examples") -> list[list[tuple[str, float]]]:
+        """TF Serving's Classify RPC on encoded images (sent as tf.Examples with `image/encoded`);
+        returns [[(label, score), ...] per image]."""
+        from finegrain_tf.serving.warmup import image_example
+
+        request = classification_pb2.ClassificationRequest(input=input_pb2.Input(
+            example_list=input_pb2.ExampleList(examples=[image_example(b) for b in images])))
+        self._model_spec(request.model_spec, signature_name)
+        response = self._call(self.prediction.Classify, request)
+        self.last_version = response.model_spec.version.value
+        return [[(c.label, c.score) for c in row.classes] for row in response.result.classifications]
+
     def metadata(self) -> dict[str, dict]:
         """{signature: {"inputs": {key: (dtype, shape)}, "outputs": {...}}} from GetModelMetadata."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -238,6 +255,102 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class RestError(Exception):
+    """An error answer of the REST API: `status` (HTTP code) and the server's `{"error": ...}` message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _b64(value: bytes) -> dict:
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+class RestClient:
+    """A TF Serving REST client for one model (`--rest_api_port`, default 8501), stdlib only.
+
+    Args:
+        url: "http://host:port".
+        model_name: the model; `version` or `label` pin a version (default: the latest).
+        timeout: seconds per request.
+    """
+
+    def __init__(self, url: str, model_name: str, *, version: int | None = None, label: str | None = None,
+                 timeout: float = 30.0):
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self.base = f"{url.rstrip('/')}/v1/models/{model_name}"
+        if version is not None:
+            self.base += f"/versions/{int(version)}"
+        elif label:
+            self.base += f"/labels/{label}"
+        self.timeout = timeout
+
+    def _request(self, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method="POST" if data else "GET",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            text = e.read().decode("utf-8", "replace")
+            try:
+                message = json.loads(text).get("error", text)
+            except (json.JSONDecodeError, AttributeError):
+                message = text
+            raise RestError(e.code, message) from None
+
+    def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
+        """Columnar :predict; byte strings travel as {"b64": ...}. Returns {output: array}."""
+        def encode(value):
+            value = _as_batch(value) if isinstance(value, (list, tuple)) else np.asarray(value)
+            if value.dtype == object:
+                return [_b64(v) if isinstance(v, bytes) else v for v in value.tolist()]
+            return value.tolist()
+
+        out = self._request(":predict", {"signature_name": signature_name,
+                                         "inputs": {k: encode(v) for k, v in inputs.items()}})["outputs"]
+        if not isinstance(out, dict):  # a single output comes unnamed
+            out = {"output": out}
+        return {k: np.asarray(v, dtype=object if _is_text(v) else None) for k, v in out.items()}
+
+    def classify(self, images, signature_name: str | None = None) -> dict[str, np.ndarray]:
+        return self.predict({"images": images}, signature_name or "classify")
+
+    def embed(self, images) -> np.ndarray:
+        return np.asarray(self.predict({"images": images}, "embed")["embeddings"], np.float32)
+
+    def lookup(self, images, k: int | None = None) -> dict[str, np.ndarray]:
+        out = self.predict({"images": images}, "lookup")
+        return {key: value[:, :k] for key, value in out.items()} if k else out
+
+    def classify_examples(self, images, signature_name: str = "classify_examples") -> list[list[tuple[str, float]]]:
+        body = {"signature_name": signature_name, "examples": [{"image/encoded": _b64(b)} for b in images]}
+        return [[(label, score) for label, score in row] for row in self._request(":classify", body)["results"]]
+
+    def model_status(self) -> list[dict]:
+        return [{"version": int(s["version"]), "state": s["state"], "error": s["status"].get("error_message", "")}
+                for s in self._request("")["model_version_status"]]
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _is_text(value) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, str)
 
 
 def format_table(paths, signature, outputs, k=None) -> str:

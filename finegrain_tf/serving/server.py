@@ -1,44 +1,36 @@
-"""A development model server that speaks TF Serving's gRPC protocol for one model.
+"""A development/test harness that speaks TF Serving's gRPC (and REST) protocol — not a production server.
 
-`DevModelServer` implements `tensorflow.serving.PredictionService` (Predict, GetModelMetadata) and
-`tensorflow.serving.ModelService` (GetModelStatus) with the real `tensorflow_serving.apis` protos, over
-the TF Serving directory layout (`<model_base_path>/<integer version>/saved_model.pb`):
+`DevModelServer` implements `tensorflow.serving.PredictionService` (Predict, Classify, GetModelMetadata)
+and `tensorflow.serving.ModelService` (GetModelStatus) with the real `tensorflow_serving.apis` protos,
+plus TF Serving's REST API on a second port (rest.py), over the TF Serving directory layout
+(`<model_base_path>/<integer version>/saved_model.pb`), for one model or the several of a
+`--model_config_file` (model_config.py). Versions are loaded through the TF1 session loader like
+`tensorflow_model_server` does, hot-swapped and retried after a failed load (manager.py). Bad requests
+get INVALID_ARGUMENT / NOT_FOUND with a message naming the problem and the server keeps serving;
+`stop(grace)` lets in-flight calls finish.
 
-- loads through the TF1 session loader (`SessionServable`), like `tensorflow_model_server`;
-- latest-version policy: a poller picks up a new, higher version directory (or falls back to the
-  highest remaining one when the served directory is removed), replays its warmup file, then swaps it in; requests already running on the old version finish on it (reference counted),
-  and the old session is closed once the last of them returns;
-- bad requests -> INVALID_ARGUMENT / NOT_FOUND with a message naming the problem; the server keeps serving;
-- `stop(grace)` (SIGTERM in `finegrain-serve`) stops accepting calls and lets in-flight ones finish.
-
-It is a stand-in for tests and demos, not a production server: use the official TF Serving image for
-that (export/README.md). `start_server_process` runs `finegrain-serve` in a subprocess and waits until
-the model is AVAILABLE.
+It exists so that tests, demos and machines without the TF Serving binary can exercise exports over
+the real protocol. Production: the stock TF Serving server (export/README.md). It binds loopback by
+default, warns when bound to another address, and takes TLS credentials (`ssl_server_credentials`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import tempfile
+import ipaddress
 import threading
-import time
 from concurrent import futures
 
 import grpc
-import numpy as np
-import tensorflow as tf
 from absl import logging
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     prediction_service_pb2_grpc, predict_pb2)
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from finegrain_tf.serving.servable import RequestError, SessionServable
+from finegrain_tf.serving.manager import ModelManager, ServerCore
+from finegrain_tf.serving.model_config import ModelConfig
+from finegrain_tf.serving.servable import RequestError, classification_examples
+from finegrain_tf.serving.tensors import to_ndarray, to_tensor_proto
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_State = get_model_status_pb2.ModelVersionStatus.State
 
 
 def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES):
@@ -46,111 +38,36 @@ def grpc_options(max_message_bytes: int = MAX_MESSAGE_BYTES):
             ("grpc.max_receive_message_length", max_message_bytes)]
 
 
-class _Loaded:
-    """A loaded version and the number of requests running on it."""
-
-    def __init__(self, servable: SessionServable):
-        self.servable = servable
-        self.inflight = 0
-        self.retired = False
-
-
-class ModelManager:
-    """Latest-version loading and hot swap for one model directory (`<base>/<model_name>`)."""
-
-    def __init__(self, model_name: str, model_base_path: str, max_batch_size: int = 0,
-                 enable_warmup: bool = True, num_threads: int = 0):
-        self.model_name = model_name
-        self.model_base_path = model_base_path
-        self.max_batch_size = max_batch_size
-        self.enable_warmup = enable_warmup
-        self.num_threads = num_threads
-        self._lock = threading.Lock()
-        self._current: _Loaded | None = None
-        self._status: dict[int, tuple[int, str]] = {}  # version -> (state, error message)
-        self._failed: set[int] = set()
-
-    def available_versions(self) -> list[int]:
-        if not os.path.isdir(self.model_base_path):
-            return []
-        return sorted(int(d) for d in os.listdir(self.model_base_path)
-                      if d.isdigit() and os.path.exists(os.path.join(self.model_base_path, d, "saved_model.pb")))
-
-    @property
-    def current_version(self) -> int | None:
-        current = self._current
-        return current.servable.version if current else None
-
-    def poll(self) -> bool:
-        """Serves the highest version on disk: loads it if it differs from the served one (a newer
-        directory, or a rollback after the served directory was removed); True if it swapped."""
-        versions = [v for v in self.available_versions() if v not in self._failed]
-        if not versions or versions[-1] == self.current_version:
-            return False
-        version = versions[-1]
-        path = os.path.join(self.model_base_path, str(version))
-        self._status[version] = (_State.LOADING, "")
-        logging.info("loading %s version %d from %s", self.model_name, version, path)
+def ssl_credentials(cert_file: str, key_file: str, client_ca_file: str | None = None) -> grpc.ServerCredentials:
+    """gRPC TLS credentials from PEM files; with `client_ca_file`, clients must present a certificate
+    signed by it (mutual TLS)."""
+    def read(path, what):
         try:
-            servable = SessionServable(path, max_batch_size=self.max_batch_size, num_threads=self.num_threads)
-            if self.enable_warmup:
-                count = servable.warmup()
-                logging.info("replayed %d warmup request(s) for version %d", count, version)
-        except Exception as e:  # a bad version must not take the server down
-            logging.error("failed to load %s version %d: %s", self.model_name, version, e)
-            self._failed.add(version)
-            self._status[version] = (_State.END, f"load failed: {e}")
-            return False
-        with self._lock:
-            old = self._current
-            self._current = _Loaded(servable)
-            self._status[version] = (_State.AVAILABLE, "")
-            close_now = False
-            if old is not None:
-                old.retired = True
-                self._status[old.servable.version] = (_State.UNLOADING, "")
-                close_now = old.inflight == 0
-        if old is not None and close_now:
-            self._unload(old)
-        logging.info("serving %s version %d", self.model_name, version)
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"cannot read the {what} {path!r}: {e.strerror}") from None
+
+    root = read(client_ca_file, "client CA certificate") if client_ca_file else None
+    return grpc.ssl_server_credentials([(read(key_file, "private key"), read(cert_file, "certificate"))],
+                                       root_certificates=root, require_client_auth=root is not None)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
         return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    def _unload(self, loaded: _Loaded):
-        loaded.servable.close()
-        self._status[loaded.servable.version] = (_State.END, "")
 
-    @contextlib.contextmanager
-    def acquire(self, model_name: str, version: int | None = None):
-        """Yields the servable for a request; the version stays loaded until the block exits."""
-        if model_name != self.model_name:
-            raise RequestError("NOT_FOUND", f"model {model_name!r} not found; this server serves "
-                               f"{self.model_name!r}")
-        with self._lock:
-            loaded = self._current
-            if loaded is None:
-                raise RequestError("NOT_FOUND", f"no version of model {model_name!r} is loaded yet "
-                                   f"(looking in {self.model_base_path})")
-            if version and version != loaded.servable.version:
-                raise RequestError("NOT_FOUND", f"version {version} of model {model_name!r} is not available; "
-                                   f"serving version {loaded.servable.version}")
-            loaded.inflight += 1
-        try:
-            yield loaded.servable
-        finally:
-            with self._lock:
-                loaded.inflight -= 1
-                close_now = loaded.retired and loaded.inflight == 0
-            if close_now:
-                self._unload(loaded)
-
-    def status(self) -> list[tuple[int, int, str]]:
-        return sorted((v, s, m) for v, (s, m) in self._status.items())
-
-    def close(self):
-        with self._lock:
-            loaded, self._current = self._current, None
-        if loaded is not None:
-            self._unload(loaded)
+def model_request(model_spec) -> tuple[str, int | None, str | None]:
+    """(name, version or None, label or None) of a ModelSpec."""
+    choice = model_spec.WhichOneof("version_choice")
+    version = model_spec.version.value if choice == "version" else None
+    label = model_spec.version_label if choice == "version_label" else None
+    return model_spec.name, version, label
 
 
 def _abort(context, error: RequestError):
@@ -158,34 +75,48 @@ def _abort(context, error: RequestError):
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+    def __init__(self, core: ServerCore):
+        self.core = core
 
     def Predict(self, request, context):
+        name, version, label = model_request(request.model_spec)
+        signature = request.model_spec.signature_name or "serving_default"
         try:
-            version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-            signature = request.model_spec.signature_name or "serving_default"
-            inputs = {}
-            for key, proto in request.inputs.items():
-                try:
-                    inputs[key] = tf.make_ndarray(proto)
-                except Exception as e:  # malformed TensorProto
-                    raise RequestError("INVALID_ARGUMENT", f"input {key!r}: malformed TensorProto ({e})") from None
-            with self.manager.acquire(request.model_spec.name, version) as servable:
+            inputs = {key: to_ndarray(proto, key) for key, proto in request.inputs.items()}
+            with self.core.acquire(name, version, label) as servable:
                 outputs = servable.run(signature, inputs, list(request.output_filter) or None)
                 served_version = servable.version
         except RequestError as e:
             logging.info("Predict refused (%s): %s", e.code, e.message)
             _abort(context, e)
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = self.manager.model_name
+        response.model_spec.name = name
         response.model_spec.version.value = served_version
         response.model_spec.signature_name = signature
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+            to_tensor_proto(value, response.outputs[key])
+        return response
+
+    def Classify(self, request, context):
+        name, version, label = model_request(request.model_spec)
+        signature = request.model_spec.signature_name or "serving_default"
+        try:
+            examples = classification_examples(request.input)
+            with self.core.acquire(name, version, label) as servable:
+                outputs = servable.classify(signature, examples)
+                served_version = servable.version
+        except RequestError as e:
+            logging.info("Classify refused (%s): %s", e.code, e.message)
+            _abort(context, e)
+        response = classification_pb2.ClassificationResponse()
+        response.model_spec.name = name
+        response.model_spec.version.value = served_version
+        response.model_spec.signature_name = signature
+        fill_classification_result(response.result, outputs, len(examples))
         return response
 
     def GetModelMetadata(self, request, context):
+        name, version, label = model_request(request.model_spec)
         try:
             fields = list(request.metadata_field)
             if not fields:
@@ -195,104 +126,162 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if unknown:
                 raise RequestError("INVALID_ARGUMENT", f"unsupported metadata_field {unknown}; only "
                                    "\"signature_def\" is available")
-            version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-            with self.manager.acquire(request.model_spec.name, version) as servable:
-                sig_map = get_model_metadata_pb2.SignatureDefMap()
-                for name, sig in servable.signatures.items():
-                    sig_map.signature_def[name].CopyFrom(sig)
-                served_version = servable.version
+            with self.core.acquire(name, version, label) as servable:
+                response = model_metadata(servable, name)
         except RequestError as e:
             _abort(context, e)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = self.manager.model_name
-        response.model_spec.version.value = served_version
-        response.metadata["signature_def"].Pack(sig_map)
         return response
+
+
+def fill_classification_result(result, outputs: dict, batch: int):
+    """ClassificationResult from the signature's `classes` [B, k] (bytes) and `scores` [B, k]."""
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    for i in range(batch):
+        row = result.classifications.add()
+        width = (classes if classes is not None else scores).shape[1]
+        for j in range(width):
+            entry = row.classes.add()
+            if classes is not None:
+                entry.label = classes[i, j].decode("utf-8", "replace")
+            if scores is not None:
+                entry.score = float(scores[i, j])
+
+
+def model_metadata(servable, name: str) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for sig_name, sig in servable.signatures.items():
+        sig_map.signature_def[sig_name].CopyFrom(sig)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = name
+    response.model_spec.version.value = servable.version
+    response.metadata["signature_def"].Pack(sig_map)
+    return response
+
+
+def model_status(core: ServerCore, name: str, version: int | None, label: str | None = None):
+    """GetModelStatusResponse for a model (all versions, or the one named by number or label)."""
+    manager = core.manager(name)
+    if label:
+        if label not in manager.config.labels:
+            raise RequestError("NOT_FOUND", f"model {name!r} has no version label {label!r}")
+        version = manager.config.labels[label]
+    statuses = manager.status(version)
+    if not statuses:
+        what = f"version {version} of model {name!r}" if version else f"any version of model {name!r}"
+        raise RequestError("NOT_FOUND", f"no status for {what}")
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for v, state, message in statuses:
+        status = response.model_version_status.add(version=v, state=state)
+        status.status.SetInParent()  # OK unless the version failed to load (INTERNAL + the error)
+        if message:
+            status.status.error_code = 13
+            status.status.error_message = message
+    return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+    def __init__(self, core: ServerCore):
+        self.core = core
 
     def GetModelStatus(self, request, context):
-        name = request.model_spec.name
-        if name != self.manager.model_name:
-            _abort(context, RequestError("NOT_FOUND", f"model {name!r} not found; this server serves "
-                                         f"{self.manager.model_name!r}"))
-        wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
-        statuses = [s for s in self.manager.status() if wanted is None or s[0] == wanted]
-        if not statuses:
-            what = f"version {wanted} of model {name!r}" if wanted else f"any version of model {name!r}"
-            _abort(context, RequestError("NOT_FOUND", f"no status for {what}"))
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for version, state, message in statuses:
-            status = response.model_version_status.add(version=version, state=state)
-            if message:
-                status.status.error_code = 13  # INTERNAL: the version failed to load
-                status.status.error_message = message
-        return response
+        try:
+            return model_status(self.core, *model_request(request.model_spec))
+        except RequestError as e:
+            _abort(context, e)
 
 
 class DevModelServer:
-    """gRPC PredictionService + ModelService for one model in TF Serving layout.
+    """gRPC PredictionService + ModelService (and optionally REST) for models in TF Serving layout.
 
     Args:
-        model_name: the name clients put in `model_spec.name`.
-        model_base_path: the directory holding integer version subdirectories (`<base>/<model_name>`).
-        port: 0 picks a free port (see `.port` after `start()`).
-        host: interface to bind; loopback by default.
+        models: a `ModelConfig` or a list of them (`read_model_config` reads a --model_config_file).
+        port: gRPC port; 0 picks a free one (see `.port` after `start()`).
+        host: interface to bind; loopback by default (another address logs a warning).
+        rest_api_port: also serve TF Serving's REST API on this port (0 = a free one; None = no REST).
         max_batch_size: larger requests are INVALID_ARGUMENT (0 = unlimited).
-        poll_wait_seconds: how often to look for a new version (`--file_system_poll_wait_seconds`).
+        poll_wait_seconds: how often to look for new versions (`--file_system_poll_wait_seconds`).
         enable_warmup: replay `assets.extra/tf_serving_warmup_requests` before serving a version.
         max_workers: gRPC handler threads.
+        num_threads: session intra/inter-op threads (0 = TF default).
+        max_num_load_retries, load_retry_interval: retries of a failed version load (see manager.py).
+        credentials: `grpc.ServerCredentials` (see `ssl_credentials`) for TLS; None = plaintext.
     """
 
-    def __init__(self, model_name: str, model_base_path: str, port: int = 0, host: str = "127.0.0.1",
-                 max_batch_size: int = 64, poll_wait_seconds: float = 1.0, enable_warmup: bool = True,
-                 max_workers: int = 8, num_threads: int = 0, max_message_bytes: int = MAX_MESSAGE_BYTES):
-        self.manager = ModelManager(model_name, model_base_path, max_batch_size, enable_warmup, num_threads)
+    def __init__(self, models: ModelConfig | list[ModelConfig], port: int = 0, host: str = "127.0.0.1",
+                 rest_api_port: int | None = None, max_batch_size: int = 64, poll_wait_seconds: float = 1.0,
+                 enable_warmup: bool = True, max_workers: int = 8, num_threads: int = 0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, max_num_load_retries: int = 5,
+                 load_retry_interval: float = 60.0, credentials: grpc.ServerCredentials | None = None):
+        models = [models] if isinstance(models, ModelConfig) else list(models)
+        if not models:
+            raise ValueError("DevModelServer needs at least one model")
+        self.core = ServerCore([ModelManager(m, max_batch_size, enable_warmup, num_threads, max_num_load_retries,
+                                             load_retry_interval) for m in models])
         self.host = host
         self.requested_port = port
         self.port = None
+        self.rest_api_port = rest_api_port
+        self.credentials = credentials
         self.poll_wait_seconds = poll_wait_seconds
+        self._rest = None
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                                    options=grpc_options(max_message_bytes))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager),
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.core),
                                                                             self._server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.core), self._server)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
+
+    def manager(self, name: str | None = None) -> ModelManager:
+        """The manager of model `name` (the only model when None)."""
+        if name is None and len(self.core.managers) == 1:
+            return next(iter(self.core.managers.values()))
+        return self.core.manager(name)
 
     @property
     def target(self) -> str:
         return f"{self.host}:{self.port}"
 
     def start(self, wait_for_model: bool = True):
-        """Binds, loads the latest version (if any) and starts the version poller."""
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        """Binds, loads the wanted versions (if any) and starts the version poller (and REST)."""
+        address = f"{self.host}:{self.requested_port}"
+        if self.credentials is not None:
+            self.port = self._server.add_secure_port(address, self.credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if not self.port:
-            raise RuntimeError(f"could not bind {self.host}:{self.requested_port}")
+            raise RuntimeError(f"could not bind {address}")
+        if not is_loopback(self.host):
+            logging.warning("dev server bound to non-loopback address %s (%s): anyone who can reach it can "
+                            "query the models without authentication. It is a test harness; use the stock "
+                            "TF Serving server behind your own authentication off-host.", self.host,
+                            "TLS on" if self.credentials is not None else "plaintext, no TLS")
         if wait_for_model:
-            self.manager.poll()
+            self.core.poll()
         self._server.start()
+        if self.rest_api_port is not None:
+            from finegrain_tf.serving.rest import RestServer
+
+            self._rest = RestServer(self.core, self.host, self.rest_api_port).start()
+            self.rest_api_port = self._rest.port
         self._poller.start()
-        logging.info("finegrain dev server for %r on %s", self.manager.model_name, self.target)
+        logging.info("finegrain dev server for %s on %s%s", sorted(self.core.managers), self.target,
+                     f" (REST on port {self.rest_api_port})" if self._rest else "")
         return self
 
     def _poll_loop(self):
         while not self._stop.wait(self.poll_wait_seconds):
-            try:
-                self.manager.poll()
-            except Exception as e:  # keep polling whatever happens
-                logging.error("version poll failed: %s", e)
+            self.core.poll()
 
     def stop(self, grace: float = 5.0):
-        """Stops accepting calls, lets in-flight ones finish (up to `grace` s), unloads the model."""
+        """Stops accepting calls, lets in-flight ones finish (up to `grace` s), unloads the models."""
         self._stop.set()
+        if self._rest is not None:
+            self._rest.stop()
         self._server.stop(grace).wait()
         if self._poller.is_alive():
             self._poller.join(timeout=5)
-        self.manager.close()
+        self.core.close()
 
     def wait_for_termination(self, timeout=None):
         return self._server.wait_for_termination(timeout)
@@ -303,80 +292,3 @@ class DevModelServer:
     def __exit__(self, *exc):
         self.stop()
 
-
-# ------------------------------------------------------------------------------------------------
-# Subprocess helper (demo, tests)
-
-
-class ServerProcess:
-    """A `finegrain-serve` subprocess; `.target` is its "host:port"."""
-
-    def __init__(self, process: subprocess.Popen, target: str, log_path: str):
-        self.process = process
-        self.target = target
-        self.log_path = log_path
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM (graceful shutdown) and wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-def start_server_process(model_base_path: str, model_name: str, port: int = 0, host: str = "127.0.0.1",
-                         extra_flags=(), timeout: float = 180.0, env=None) -> ServerProcess:
-    """Starts `finegrain-serve` (`python -m finegrain_tf.serving.server_main`) and waits until the model
-    is AVAILABLE. `model_base_path` is `<base>/<model_name>` (as for tensorflow_model_server)."""
-    from finegrain_tf.serving.client import Client
-
-    workdir = tempfile.mkdtemp(prefix="finegrain-serve-")
-    port_file = os.path.join(workdir, "port")
-    log_path = os.path.join(workdir, "server.log")
-    cmd = [sys.executable, "-m", "finegrain_tf.serving.server_main", f"--port={port}", f"--host={host}",
-           f"--model_name={model_name}", f"--model_base_path={model_base_path}", f"--port_file={port_file}",
-           *extra_flags]
-    env = dict(os.environ if env is None else env)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    log = open(log_path, "w")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    log.close()
-    deadline = time.monotonic() + timeout
-    server = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        if os.path.exists(port_file):
-            with open(port_file) as f:
-                text = f.read().strip()
-            if text:
-                server = ServerProcess(process, f"{host}:{int(text)}", log_path)
-                break
-        time.sleep(0.1)
-    if server is not None:
-        with Client(server.target, model_name, timeout=5.0, max_retries=0) as client:
-            try:
-                client.wait_until_available(timeout=max(1.0, deadline - time.monotonic()))
-                return server
-            except (TimeoutError, RuntimeError, grpc.RpcError) as e:
-                logging.error("finegrain-serve not ready: %s", e)
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    with open(log_path, errors="replace") as f:
-        tail = f.read()[-3000:]
-    raise RuntimeError(f"finegrain-serve did not become ready (exit code {process.returncode}); log:\n{tail}")

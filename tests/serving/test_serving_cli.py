@@ -1,5 +1,6 @@
-"""The three binaries end to end in subprocesses: finegrain-export -> finegrain-serve -> finegrain-predict,
-then SIGTERM for a graceful shutdown."""
+"""The three binaries end to end in subprocesses: finegrain-export -> finegrain-serve (gRPC + REST) ->
+finegrain-predict over gRPC and REST (a bad file reported by name, the others answered), then SIGTERM
+for a graceful shutdown."""
 
 import os
 import subprocess
@@ -33,7 +34,7 @@ def test_export_serve_predict_sigterm(model_dir, gallery_folder, tmp_path):
                                  f"--export_base={base}", f"--gallery={gallery_folder}", "--version=3"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        server = start_server_process(os.path.join(base, MODEL_NAME), MODEL_NAME, timeout=300)
+        server = start_server_process(os.path.join(base, MODEL_NAME), MODEL_NAME, timeout=300, rest_api_port=0)
     finally:
         stdout, stderr = exporter.communicate(timeout=300)
     try:
@@ -50,6 +51,19 @@ def test_export_serve_predict_sigterm(model_dir, gallery_folder, tmp_path):
         rows = [line.split() for line in out.stdout.splitlines()[2:]]
         assert rows[0][:3] == [images[0], "1", expected["class_names"][0, 0]]
         assert len(rows) == 2 * expected["classes"].shape[1]
+        assert "Traceback" not in out.stderr and "deprecated" not in stderr
+        # REST, with an undecodable file in the middle: reported by name, the others still answered
+        bad = tmp_path / "not_an_image.jpg"
+        bad.write_bytes(b"plain text, not a JPEG")
+        rest_port = server.rest_url.rsplit(":", 1)[1]
+        out = _run(["finegrain_tf.serving.predict_main", "--rest", f"--server=127.0.0.1:{rest_port}",
+                    f"--model={MODEL_NAME}", "--signature=classify", "--k=1", images[0], str(bad), images[1]])
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+        assert f"{bad}: " in out.stderr and "image" in out.stderr.split(str(bad))[1]
+        rows = [line.split() for line in out.stdout.splitlines()[2:]]
+        assert [r[:3] for r in rows] == [[images[0], "1", expected["class_names"][0, 0]],
+                                         [images[1], "1", expected["class_names"][1, 0]]]
     finally:
         code = server.stop(timeout=60)
     assert code == 0, server.log()[-2000:]
