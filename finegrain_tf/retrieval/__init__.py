@@ -9,7 +9,7 @@
 """
 
 from finegrain_tf.retrieval.build import AUTO_EXACT_MAX_SIZE, KINDS, build_index
-from finegrain_tf.retrieval.distances import squared_distances
+from finegrain_tf.metrics.retrieval import squared_distances
 from finegrain_tf.retrieval.index import PAD_ID, ExactIndex, SearchIndex
 from finegrain_tf.retrieval.ivf import IVFIndex
 

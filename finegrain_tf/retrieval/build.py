@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from finegrain_tf.retrieval.distances import as_embeddings
+from finegrain_tf.metrics.retrieval import check_embeddings
 from finegrain_tf.retrieval.index import PAD_ID, ExactIndex, SearchIndex
 from finegrain_tf.retrieval.ivf import IVFIndex, assign_to_lists, default_nlist, default_nprobe, train_centroids
 from finegrain_tf.utils import checks
@@ -53,7 +53,7 @@ def build_index(embeddings, ids, kind: str = "auto", nlist: int | None = None, n
         out of range or given for kind="exact".
     """
     kind = checks.one_of(kind, "kind", KINDS)
-    embeddings = as_embeddings(embeddings, "gallery embeddings")
+    embeddings = check_embeddings(embeddings, "gallery embeddings", dtype=np.float32)
     ids = as_ids(ids, len(embeddings))
     size = len(embeddings)
     if nlist is not None:

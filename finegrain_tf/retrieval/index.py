@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from finegrain_tf.retrieval.distances import as_embeddings
+from finegrain_tf.metrics.retrieval import check_embeddings
 from finegrain_tf.utils import checks
 
 PAD_ID = ""
@@ -90,7 +90,7 @@ class SearchIndex(tf.Module):
         if isinstance(queries, (tf.Tensor, tf.Variable)):
             static = queries.numpy() if tf.executing_eagerly() and hasattr(queries, "numpy") else None
         if static is not None:  # eager: a ValueError naming the problem
-            return tf.constant(as_embeddings(static, "queries", self.dim))
+            return tf.constant(check_embeddings(static, "queries", self.dim, dtype=np.float32))
         queries = tf.cast(queries, tf.float32)
         if queries.shape.rank is not None and queries.shape.rank != 2:
             raise ValueError(f"queries must be [B, D], got shape {queries.shape}")
