@@ -388,16 +388,27 @@ class LabelStore:
             labeler_id, _ = self._labeler(conn, token)
             now = time.time()
             expires = now + lease_seconds
-            conn.execute(leases.delete().where(leases.c.expires_at <= now))
+            slots = self._open_slots(labeler_id, now)
+            # Only this labeler's expired leases are dropped here: every count ignores expired
+            # leases, and deleting other labelers' rows would make concurrent leasers wait on
+            # (and deadlock with) each other.
+            conn.execute(leases.delete().where(leases.c.labeler_id == labeler_id,
+                                               leases.c.expires_at <= now))
             held = list(conn.execute(
                 sa.select(items.c.item_id).join(leases, leases.c.item_id == items.c.item_id)
                 .where(leases.c.labeler_id == labeler_id).order_by(items.c.item_id)
                 .with_for_update(of=items)).scalars())
-            if held:
+            # Renew what still has a free slot under the row locks (a lease that lapsed just now
+            # may have gone to someone else); let go of the rest.
+            keep = set(conn.execute(sa.select(items.c.item_id).where(
+                items.c.item_id.in_(held), slots > 0)).scalars()) if held else set()
+            if len(keep) < len(held):
+                conn.execute(leases.delete().where(leases.c.labeler_id == labeler_id,
+                                                   leases.c.item_id.not_in(keep)))
+            if keep:
                 conn.execute(leases.update().where(leases.c.labeler_id == labeler_id)
                              .values(expires_at=expires))
-            wanted = limit - len(held)
-            slots = self._open_slots(labeler_id, now)
+            wanted = limit - len(keep)
             examined: list[str] = []
             for _attempt in range(4):
                 if wanted <= 0:

@@ -146,6 +146,7 @@ def test_expired_leases_go_back_to_the_queue(store):
     assert store.lease(bob, 2) == []
     time.sleep(1.5)
     assert sorted(i["item_id"] for i in store.lease(bob, 2)) == ["r1-0", "r1-1"]
+    assert store.lease(alice, 2) == []  # her lapsed leases are not revived
     # Alice's late verdict conflicts: Bob holds the item now.
     with pytest.raises(Conflict):
         store.record_verdict(alice, "r1-0", "no", "a-late")
