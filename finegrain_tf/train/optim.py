@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 SCHEDULES = ("constant", "step", "exponential", "cosine")
-OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw", "nadam")
 _NORM_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
                 keras.layers.GroupNormalization)
 
@@ -88,6 +88,8 @@ def build_optimizer(cfg, total_steps: int) -> keras.optimizers.Optimizer:
                                         **common)
     if cfg.name == "adam":
         return keras.optimizers.Adam(epsilon=cfg.epsilon, **common)
+    if cfg.name == "nadam":  # Adam with Nesterov momentum: seed 004 §6.1.1 (lr 0.002, eps 1e-8)
+        return keras.optimizers.Nadam(epsilon=cfg.epsilon, **common)
     if cfg.name == "adamw":
         common["weight_decay"] = cfg.weight_decay
         return keras.optimizers.AdamW(epsilon=cfg.epsilon, **common)
