@@ -1,85 +1,118 @@
 """Kernel pooling cost relative to the backbone (seed 000 §3.3.1: ~10 % of ResNet-50 on a K40).
 
-Prints, side by side, forward+backward times (minimum of --repeats, after a warm-up) of
-  * ResNet-50 (weights=None, include_top=False) at 448x448,
-  * KernelPooling (d = 4096, p = 4, C = 2048) on 14x14 and 28x28 maps, as a fraction of ResNet-50,
-  * the tensor-sketch chain with TF's autodiff gradient vs the layer's hand-written one,
-  * count sketch methods alone: unsorted_segment_sum (the layer's), sparse matmul, dense ±1 matmul,
-  * CompactBilinearPooling at the same output size (14336 ~ 1 + 2048 + 3 * 4096),
-and peak accelerator memory of each pooling (GPU only; on CPU the size of the tensors kept for the
-backward pass is printed instead). All float32.
+Protocol (issue 16): every candidate is ONE `tf.function` computing forward + backward, with
+gradients with respect to the input map AND all trainable variables (the layer as a user trains
+it: `KernelPooling(order=4, dims=4096)` with its default arguments, so the learned coefficients
+alpha get a gradient too). After two warm-up calls, candidates are called in turn (interleaved, so
+the load of a shared machine hits all alike) for --rounds rounds of --calls timed calls; each
+round reports the median of its calls, and the summary the median over rounds of the ratio.
 
-    python benchmarks/bench_kernel_pooling.py --batch 2            # CPU (slow: ResNet-50 at 448)
-    python benchmarks/bench_kernel_pooling.py --batch 16           # GPU
+    python benchmarks/bench_kernel_pooling.py                      # 14x14 and 28x28, ResNet-50 @448
+    python benchmarks/bench_kernel_pooling.py --xla                # also the layer jit-compiled
+    python benchmarks/bench_kernel_pooling.py --profile --sizes 14 --noresnet  # per-op-type times
+    python benchmarks/bench_kernel_pooling.py --baselines          # count sketch / gradient variants
+
+Printed: ResNet-50 (weights=None, include_top=False) fwd+bwd at 448 (batch 2), the layer on 14x14
+(448 / 32) and 28x28 maps of 2048 channels, and the ratio. All float32.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 2, "Images per step.")
-flags.DEFINE_integer("repeats", 5, "Timed repetitions (minimum reported).")
+flags.DEFINE_integer("calls", 5, "Timed calls per candidate and round (median reported).")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds (the ratio's median over rounds is the summary).")
 flags.DEFINE_list("sizes", ["14", "28"], "Feature map sides (448 / 32 = 14; 28 = stride 16).")
 flags.DEFINE_integer("dim", 4096, "d_i of every order.")
 flags.DEFINE_integer("order", 4, "p.")
 flags.DEFINE_integer("channels", 2048, "C.")
 flags.DEFINE_boolean("resnet", True, "Time ResNet-50 fwd+bwd at 448 (the denominator).")
-flags.DEFINE_boolean("dense", True, "Include the dense count sketch baseline (14x14 only).")
-flags.DEFINE_boolean("xla", False, "jit_compile the pooling steps.")
-flags.DEFINE_enum("clock", "wall", ["wall", "cpu"],
-                  "wall: time.perf_counter; cpu: time.process_time (CPU seconds of this process, all "
-                  "threads), far less sensitive than wall time to other users of a shared machine.")
+flags.DEFINE_boolean("xla", False, "Also time the layer step with jit_compile=True.")
+flags.DEFINE_boolean("resnet_xla", False, "Also time ResNet-50 with jit_compile=True (slow to compile).")
+flags.DEFINE_boolean("baselines", False, "Also time count-sketch and gradient variants (14x14 only).")
+flags.DEFINE_boolean("profile", False, "Print per-op-type times of the layer step (TF graph trace).")
 
 
-def _clock():
-    return time.process_time() if FLAGS.clock == "cpu" else time.perf_counter()
-
-
-def _min_time(fn, repeats):
-    """Minimum wall time over `repeats` calls after two warm-up calls: on a shared machine the
-    minimum is the least contended estimate (medians drift with the other users' load)."""
-    fn()  # warm-up / trace
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = _clock()
-        fn()
-        times.append(_clock() - start)
-    return float(min(times))
-
-
-def _interleaved_min(fns, repeats):
-    """Like `_min_time` for several functions called in turn, so all see the same load."""
-    for fn in fns:
-        fn()
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = _clock()
-            fn()
-            best[i] = min(best[i], _clock() - start)
-    return best
-
-
-def _gpu():
+def fwd_bwd(fn, x, variables, jit=False):
+    """One tf.function: forward, then gradients w.r.t. x and `variables`; returns a callable."""
     import tensorflow as tf
-    return bool(tf.config.list_physical_devices("GPU"))
+
+    @tf.function(jit_compile=jit)
+    def step(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = fn(v)
+            loss = tf.reduce_sum(tf.square(tf.cast(y, tf.float32)))
+        grads = tape.gradient(loss, [v] + list(variables))
+        return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])  # forces every gradient
+
+    return lambda: float(step(x))
 
 
-def _peak_mb(fn):
+def interleaved_medians(fns: dict, calls: int, rounds: int) -> list[dict]:
+    """[{name: median seconds of `calls` calls}] per round; candidates called in turn."""
+    import numpy as np
+    for fn in fns.values():
+        fn()
+        fn()
+    out = []
+    for _ in range(rounds):
+        times = {name: [] for name in fns}
+        for _ in range(calls):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        out.append({name: float(np.median(t)) for name, t in times.items()})
+    return out
+
+
+def profile_ops(layer, x, repeats=5):
+    """Per-op-type milliseconds of one fwd+bwd of the layer's sketch chain + normalisation (a TF1
+    graph with the layer's hash tables as constants, run with a full trace)."""
+    import numpy as np
     import tensorflow as tf
-    if not _gpu():
-        return None
-    tf.config.experimental.reset_memory_stats("GPU:0")
-    fn()
-    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
+
+    from finegrain_tf.ops.signed_sqrt import signed_sqrt_l2
+    from finegrain_tf.ops.tensor_sketch import pooled_tensor_sketches
+    hashes = [np.asarray(h) for h in layer._hash_vars]
+    signs = [np.asarray(s) for s in layer._sign_vars]
+    graph = tf.Graph()
+    with graph.as_default():
+        inp = tf.compat.v1.placeholder(tf.float32, x.shape)
+        flat = tf.reshape(inp, [x.shape[0], -1, x.shape[-1]])
+        parts = pooled_tensor_sketches(flat, hashes, signs, layer._group_dims, layer._group_orders)
+        y = signed_sqrt_l2(tf.concat([tf.reduce_mean(flat, 1)] + parts, -1))
+        loss = tf.reduce_sum(tf.square(y))
+        done = tf.reduce_sum(tf.gradients(loss, inp)[0])
+        sess = tf.compat.v1.Session(graph=graph)
+        feed = {inp: np.asarray(x)}
+        for _ in range(2):
+            sess.run(done, feed)
+        per_op = collections.Counter()
+        for _ in range(repeats):
+            meta = tf.compat.v1.RunMetadata()
+            sess.run(done, feed, options=tf.compat.v1.RunOptions(
+                trace_level=tf.compat.v1.RunOptions.FULL_TRACE), run_metadata=meta)
+            for dev in meta.step_stats.dev_stats:
+                for node in dev.node_stats:
+                    label = node.timeline_label
+                    op = label.split("=", 1)[1].split("(")[0].strip() if "=" in label else node.node_name
+                    per_op[op] += node.all_end_rel_micros / 1000.0 / repeats
+    total = sum(per_op.values())
+    print(f"  per-op-type time (sum of op durations, {total:.1f} ms; ops overlap on 2 cores):")
+    for op, ms in per_op.most_common(12):
+        print(f"    {op:36s} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
 
 
 def main(argv):
@@ -88,113 +121,70 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from finegrain_tf.layers import kernel_pooling as kp
+    from benchmarks import sketch_baselines as baselines
+    from finegrain_tf.layers import CompactBilinearPooling, KernelPooling
+    from finegrain_tf.ops import tensor_sketch as ts
 
-    b, c, d, p = FLAGS.batch, FLAGS.channels, FLAGS.dim, FLAGS.order
-    device = "GPU " + tf.config.experimental.get_device_details(
-        tf.config.list_physical_devices("GPU")[0]).get("device_name", "") if _gpu() else \
-        f"CPU ({os.cpu_count()} cores visible; shared machine, timings noisy)"
-    print(f"device: {device}; batch {b}; TF {tf.__version__}; clock {FLAGS.clock}; "
-          f"min of {FLAGS.repeats}")
-
-    def fwd_bwd(f, x, variables=()):
-        def step():
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = f(x)
-                loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
-            return tape.gradient(loss, [x] + list(variables))
-        compiled = tf.function(step, jit_compile=FLAGS.xla)
-        return lambda: [g.numpy() if g is not None else None for g in compiled()][0]
-
-    resnet_time = None
+    b, c = FLAGS.batch, FLAGS.channels
+    print(f"TF {tf.__version__}; {os.cpu_count()} CPUs visible (shared machine: ratios of interleaved "
+          f"runs are meaningful, absolute times are not); batch {b}; median of {FLAGS.calls} calls per "
+          f"round, {FLAGS.rounds} interleaved rounds; gradients w.r.t. input and all trainable variables")
+    fns = {}
     if FLAGS.resnet:
         net = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(448, 448, 3))
         images = tf.random.uniform((b, 448, 448, 3))
-
-        @tf.function
-        def resnet_step():
-            with tf.GradientTape() as tape:
-                y = net(images, training=True)
-                loss = tf.reduce_mean(y ** 2)
-            return tape.gradient(loss, net.trainable_variables)
-
-        resnet_fn = lambda: [g.numpy() for g in resnet_step()][:1]  # noqa: E731
-        resnet_time = _min_time(resnet_fn, FLAGS.repeats)
-        peak = _peak_mb(lambda: [g.numpy() for g in resnet_step()][:1])
-        print(f"ResNet-50 fwd+bwd @448: {1000 * resnet_time:9.1f} ms"
-              + (f"   peak {peak:8.0f} MiB" if peak else ""))
-
-    def report(name, fn, kept_mb=None):
-        t = _min_time(fn, FLAGS.repeats)
-        peak = _peak_mb(fn)
-        ratio = f"{100 * t / resnet_time:7.2f} % of ResNet-50" if resnet_time else ""
-        mem = f"peak {peak:7.0f} MiB" if peak is not None else (
-            f"~{kept_mb:6.0f} MiB kept for bwd" if kept_mb else "")
-        print(f"  {name:44s} {1000 * t:9.2f} ms  {ratio}  {mem}")
-        return t
-
-    rows, layer_fns = {}, {}
+        fns["resnet50@448"] = fwd_bwd(lambda v: net(v, training=True), images, net.trainable_variables)
+        if FLAGS.resnet_xla:
+            fns["resnet50@448 xla"] = fwd_bwd(lambda v: net(v, training=True), images,
+                                              net.trainable_variables, jit=True)
     for side in [int(s) for s in FLAGS.sizes]:
-        print(f"-- feature map {side}x{side}x{c}, d={d}, p={p}")
         x = tf.random.uniform((b, side, side, c))
-        n = b * side * side
-        layer = kp.KernelPooling(order=p, dims=d, gamma=1.0 / c)
-        layer(x)
-        hashes = [tf.convert_to_tensor(h) for h in layer._hash_vars]
-        signs = [tf.convert_to_tensor(s) for s in layer._sign_vars]
-        # tensors kept for the backward pass: input, spectra and prefix products [N, p, d/2+1] c64
-        kept = (n * c * 4 + 2 * n * p * (d // 2 + 1) * 8) / 2 ** 20
-        layer_fns[side] = fwd_bwd(layer, x, [layer.alpha])
-        rows[(side, "kernel")] = report("KernelPooling (the layer)", layer_fns[side], kept)
-        flat = lambda v: tf.reshape(v, [b, -1, c])  # noqa: E731
-        rows[(side, "autodiff")] = report(
-            "  tensor sketches, TF autodiff gradient",
-            fwd_bwd(lambda v: kp.pooled_tensor_sketches(flat(v), hashes, signs, [d], [list(range(2, p + 1))],
-                                                        custom_gradient=False), x))
-        rows[(side, "custom")] = report(
-            "  tensor sketches, hand-written gradient",
-            fwd_bwd(lambda v: kp.pooled_tensor_sketches(flat(v), hashes, signs, [d], [list(range(2, p + 1))]), x))
-        methods = ["segment_sum"] + ([] if FLAGS.xla else ["sparse"])  # no XLA kernel for sparse
-        for method in methods + (["dense"] if FLAGS.dense and side <= 14 else []):
-            rows[(side, method)] = report(
-                f"  count sketch only, {method}",
-                fwd_bwd(lambda v, m=method: kp.count_sketch(tf.reshape(v, [-1, c]), hashes, signs,
-                                                            [d], m)[0], x))
-        cbp = kp.CompactBilinearPooling(dim=1 + c + (p - 1) * d - 1)
-        cbp(x)
-        rows[(side, "cbp")] = report(f"CompactBilinearPooling (d={cbp.dim})", fwd_bwd(cbp, x),
-                                     (n * c * 4 + 2 * n * 2 * (cbp.dim // 2 + 1) * 8) / 2 ** 20)
-        cbp_pow2 = kp.CompactBilinearPooling(dim=16384)
-        cbp_pow2(x)
-        report("CompactBilinearPooling (d=16384)", fwd_bwd(cbp_pow2, x))
-    if resnet_time:
-        fns = [resnet_fn] + [layer_fns[side] for side in sorted(layer_fns)]
-        best = _interleaved_min(fns, FLAGS.repeats)
-        print("interleaved (ResNet-50 and KernelPooling steps alternating, min of each):")
-        for side, t in zip(sorted(layer_fns), best[1:]):
-            print(f"  {side}x{side}: KernelPooling {1000 * t:.1f} ms / ResNet-50 {1000 * best[0]:.1f} ms"
-                  f" = {100 * t / best[0]:.2f} %")
-    print("summary (fraction of ResNet-50 fwd+bwd at 448):" if resnet_time else "summary:")
-    for side in [int(s) for s in FLAGS.sizes]:
-        kt = rows[(side, "kernel")]
-        line = f"  {side}x{side}: KernelPooling {1000 * kt:.1f} ms"
-        if resnet_time:
-            line += f" = {100 * kt / resnet_time:.2f} %"
-        line += f"; CBP/KP time {rows[(side, 'cbp')] / kt:.2f}"
-        line += (f"; autodiff/hand-written gradient "
-                 f"{rows[(side, 'autodiff')] / rows[(side, 'custom')]:.2f}x")
-        if (side, "sparse") in rows:
-            line += (f"; count sketch sparse-matmul/segment-sum "
-                     f"{rows[(side, 'sparse')] / rows[(side, 'segment_sum')]:.2f}x")
-        if (side, "dense") in rows:
-            line += f", dense/segment-sum {rows[(side, 'dense')] / rows[(side, 'segment_sum')]:.1f}x"
-        print(line)
-
-
-def run():
-    app.run(main)
+        layer = KernelPooling(order=FLAGS.order, dims=FLAGS.dim)  # default arguments
+        layer.build(x.shape)
+        layer.set_gamma(1.0 / c)  # as after adapt(); the cost does not depend on gamma
+        call = lambda v, layer=layer: layer(v, training=True)  # noqa: E731
+        fns[f"kernel {side}x{side}"] = fwd_bwd(call, x, layer.trainable_variables)
+        if FLAGS.xla:
+            fns[f"kernel {side}x{side} xla"] = fwd_bwd(call, x, layer.trainable_variables, jit=True)
+        if FLAGS.profile:
+            print(f"-- profile, {side}x{side}x{c}, d={FLAGS.dim}, p={FLAGS.order}")
+            profile_ops(layer, x)
+        if FLAGS.baselines and side == 14:
+            hashes = [tf.convert_to_tensor(h) for h in layer._hash_vars]
+            signs = [tf.convert_to_tensor(s) for s in layer._sign_vars]
+            orders = [list(range(2, FLAGS.order + 1))]
+            flat = lambda v: tf.reshape(v, [b, -1, c])  # noqa: E731
+            fns["  sketches, hand-written grad"] = fwd_bwd(
+                lambda v: ts.pooled_tensor_sketches(flat(v), hashes, signs, [FLAGS.dim], orders), x, [])
+            fns["  sketches, autodiff grad"] = fwd_bwd(
+                lambda v: baselines.autodiff_pooled_tensor_sketches(flat(v), hashes, signs, [FLAGS.dim],
+                                                                    orders), x, [])
+            rows = lambda v: tf.reshape(v, [-1, c])  # noqa: E731
+            fns["  count sketch, library"] = fwd_bwd(
+                lambda v: ts.count_sketch(rows(v), hashes, signs, [FLAGS.dim])[0], x, [])
+            fns["  count sketch, sparse matmul"] = fwd_bwd(
+                lambda v: baselines.sparse_count_sketch(rows(v), hashes, signs, [FLAGS.dim])[0], x, [])
+            fns["  count sketch, dense"] = fwd_bwd(
+                lambda v: baselines.dense_count_sketch(rows(v), hashes, signs, [FLAGS.dim])[0], x, [])
+            cbp = CompactBilinearPooling(dim=c + (FLAGS.order - 1) * FLAGS.dim)
+            cbp.build(x.shape)
+            fns[f"compact bilinear d={cbp.dim}"] = fwd_bwd(cbp, x, [])
+    rounds = interleaved_medians(fns, FLAGS.calls, FLAGS.rounds)
+    ref = "resnet50@448" if FLAGS.resnet else None
+    for i, medians in enumerate(rounds):
+        print(f"round {i + 1}:")
+        for name, sec in medians.items():
+            ratio = f"  {100 * sec / medians[ref]:6.2f} % of ResNet-50" if ref and name != ref else ""
+            print(f"  {name:36s} {1000 * sec:9.1f} ms{ratio}")
+    if ref:
+        print("summary (median over rounds of the per-round ratio to ResNet-50 fwd+bwd @448):")
+        for name in fns:
+            if name.startswith("resnet50@448") and name == ref:
+                continue
+            ratios = [100 * r[name] / r[ref] for r in rounds]
+            print(f"  {name:36s} {np.median(ratios):6.2f} %   (rounds: "
+                  + ", ".join(f"{v:.2f}" for v in ratios) + ")")
 
 
 if __name__ == "__main__":
-    run()
+    app.run(main)

@@ -27,11 +27,13 @@ a batch has count 0 and 1 - beta^0 = 0 is the classic division-by-zero NaN.
 from __future__ import annotations
 
 import numbers
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from finegrain_tf.utils.labels import count_labels  # noqa: F401  (public here: the counts CB needs)
 
 _LOSS_TYPES = ("softmax", "sigmoid", "focal")
 _EPS = 1e-7
@@ -85,45 +87,6 @@ def class_balanced_weights(samples_per_class, beta: float) -> np.ndarray:
     return inv * (inv.size / inv.sum())
 
 
-def count_labels(labels_or_dataset, num_classes: int, progress: bool = True,
-                 label_key: str = "label") -> np.ndarray:
-    """Number of examples per class over a whole label array or `tf.data.Dataset` (int64 [C]).
-
-    Accepts an int array of labels (any shape; one-hot [N, C] float arrays are arg-maxed), or a dataset
-    whose elements are a label, `(x, y)`, `(x, y, w)` or a dict with `label_key`; batched or not. A
-    progress bar (keras Progbar) is shown for datasets when `progress` is True. Labels outside
-    [0, num_classes) raise ValueError naming the value.
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if isinstance(labels_or_dataset, tf.data.Dataset):
-        from finegrain_tf.data.long_tail import labels_from_dataset  # lazy: avoids an import cycle
-        labels = labels_from_dataset(labels_or_dataset, num_classes=num_classes, progress=progress,
-                                     label_key=label_key)
-    else:
-        labels = _labels_to_int_array(labels_or_dataset, num_classes)
-    _check_label_range(labels, num_classes)
-    return np.bincount(labels, minlength=num_classes).astype(np.int64)
-
-
-def _labels_to_int_array(labels, num_classes: int) -> np.ndarray:
-    if isinstance(labels, (tf.Tensor, tf.Variable)):
-        labels = labels.numpy()
-    arr = np.asarray(labels)
-    if arr.ndim >= 2 and arr.shape[-1] == num_classes and num_classes > 1 and (
-            arr.dtype.kind == "f" or arr.ndim == 2 and np.isin(arr, (0, 1)).all()
-            and (arr.sum(-1) == 1).all()):
-        arr = arr.argmax(-1)
-    arr = arr.reshape(-1)
-    if arr.size and arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            bad = arr[~np.isfinite(arr) | (arr != np.round(arr))][0]
-            raise ValueError(f"labels must be integers, got {bad!r}")
-    elif arr.size and arr.dtype.kind not in "iub":
-        raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
-
-
 def _check_label_range(labels: np.ndarray, num_classes: int) -> None:
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
@@ -134,13 +97,15 @@ def _check_label_range(labels: np.ndarray, num_classes: int) -> None:
 # Shared tensor helpers (also used by long_tail.py)
 
 
-def labels_to_targets(y_true, num_classes: int):
-    """Returns (int labels [B] or None, float32 targets [B, C]).
+def labels_to_targets(y_true, num_classes: int, need_targets: bool = True):
+    """Returns (int labels [B] or None, float32 targets [B, C] or None).
 
     Sparse int labels ([B] or [B, 1]) and one-hot / soft targets ([B, C]) are both accepted (Keras casts
-    y_true to float, so labels are cast back to int here). Sparse labels outside [0, C) raise: a
-    ValueError eagerly, an InvalidArgumentError naming the bound inside a graph; under XLA, where
-    assertions are compiled out, the losses return NaN for such examples (`nan_for_invalid`).
+    y_true to float, so labels are cast back to int here); a 2-D y_true of another width is a
+    ValueError naming both widths. Sparse labels outside [0, C) raise: a ValueError eagerly, an
+    InvalidArgumentError naming the bound inside a graph; under XLA, where assertions are compiled
+    out, the losses return NaN for such examples (`nan_for_invalid`). For sparse labels the one-hot
+    targets are only built when `need_targets`.
     """
     y_true = tf.convert_to_tensor(y_true)
     rank = y_true.shape.rank
@@ -148,13 +113,17 @@ def labels_to_targets(y_true, num_classes: int):
     if rank is not None and rank >= 2 and last == num_classes and not (num_classes == 1):
         targets = tf.cast(y_true, tf.float32)
         return None, targets
+    if rank == 2 and last is not None and last != 1:
+        raise ValueError(f"y_true has shape {tuple(y_true.shape)}: one-hot targets of width {last} but "
+                         f"y_pred has {num_classes} classes (pass int labels [B] or one-hot [B, "
+                         f"{num_classes}])")
     labels = tf.reshape(y_true, [-1])
     if labels.dtype.is_floating:
         labels = tf.cast(tf.round(labels), tf.int32)
     else:
         labels = tf.cast(labels, tf.int32)
     labels = check_labels(labels, num_classes)
-    return labels, tf.one_hot(labels, num_classes, dtype=tf.float32)
+    return labels, (tf.one_hot(labels, num_classes, dtype=tf.float32) if need_targets else None)
 
 
 def check_labels(labels, num_classes: int):
@@ -215,7 +184,7 @@ def class_balanced_loss(y_true, y_pred, class_weights, loss_type: str = "softmax
     if num_classes is None:
         raise ValueError(f"y_pred must have a static class dimension, got shape {z.shape}")
     class_weights = tf.cast(class_weights, tf.float32)
-    labels, targets = labels_to_targets(y_true, num_classes)
+    labels, targets = labels_to_targets(y_true, num_classes, need_targets=False)
     if not from_logits:
         z = logits_from_probabilities(z, loss_type)
     w = example_weights(labels, targets, class_weights)
@@ -225,12 +194,83 @@ def class_balanced_loss(y_true, y_pred, class_weights, loss_type: str = "softmax
         else:
             ce = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=z)
         return nan_for_invalid(w * ce, labels, num_classes)
-    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=z)  # [B, C], stable
-    if loss_type == "focal" and float(gamma) != 0.0:
-        # Official log-space modulator: (1 - p_t)^gamma = exp(-gamma*y*z - gamma*log(1 + exp(-z))).
-        modulator = tf.exp(-gamma * targets * z - gamma * tf.nn.softplus(-z))
-        bce = modulator * bce
-    return nan_for_invalid(w * tf.reduce_sum(bce, axis=-1), labels, num_classes)
+    gamma = float(gamma) if loss_type == "focal" else 0.0
+    if labels is not None:
+        per_example = _sparse_focal_sum(z, labels, gamma)
+    else:
+        per_example = _dense_focal_sum(z, targets, gamma)
+    return nan_for_invalid(w * per_example, labels, num_classes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sigmoid / focal terms with hand-written gradients
+#
+# Per logit z with target y, in log space (a = softplus(-z) = -log sigmoid(z), stable for any z):
+#     BCE(z, y) = (1 - y) z + a,   modulator M = (1 - p_t)^gamma = exp(-gamma (y z + a)),   L = M BCE
+#     dL/dz     = M (sigmoid(z) - y - gamma BCE (y - 1 + sigmoid(z)))
+# gamma = 0 is the plain sigmoid loss (M = 1). Writing the gradient by hand avoids the ~3x longer
+# chain autodiff builds through softplus/exp/multiply (benchmarks/bench_class_balanced.py).
+
+
+def _softplus_neg(z):
+    """a = log(1 + exp(-z)) and sigmoid(z) = exp(-a), both stable for |z| up to float32's range."""
+    return tf.nn.relu(-z) + tf.math.log1p(tf.exp(-tf.abs(z)))
+
+
+def _sparse_focal_sum(z, labels, gamma: float):
+    """sum_j L(z_j, [j == label]) per row [B] for int labels [B]; dL/dz by hand.
+
+    Every entry is first treated as a negative (y = 0: BCE = z + a, M = exp(-gamma a)); the B label
+    entries are then corrected with gathered [B] vectors, so no one-hot [B, C] tensor is built.
+    """
+    rows = tf.stack([tf.range(tf.shape(labels)[0]), labels], 1)
+
+    @tf.custom_gradient
+    def focal_sum(z):
+        a = _softplus_neg(z)
+        bce0 = z + a
+        m0 = tf.exp(-gamma * a) if gamma else None
+        loss0 = m0 * bce0 if gamma else bce0
+        z_y = tf.gather_nd(z, rows)
+        a_y = tf.gather_nd(a, rows)
+        m_y = tf.exp(-gamma * (z_y + a_y)) if gamma else tf.ones_like(a_y)  # (1 - sigmoid(z_y))^gamma
+        # The label entries are replaced (not subtracted from the row sum: no cancellation).
+        out = tf.reduce_sum(tf.tensor_scatter_nd_update(loss0, rows, m_y * a_y), -1)
+
+        def grad(g):
+            sig = tf.exp(-a)
+            d0 = sig + gamma * bce0 * (1.0 - sig) if gamma else sig
+            if gamma:
+                d0 = m0 * d0
+            sig_y = tf.exp(-a_y)
+            d_y = m_y * (sig_y - 1.0 - gamma * a_y * sig_y)
+            return tf.tensor_scatter_nd_update(g[:, None] * d0, rows, g * d_y)
+
+        return out, grad
+
+    return focal_sum(z)
+
+
+def _dense_focal_sum(z, targets, gamma: float):
+    """sum_j L(z_j, y_j) per row [B] for one-hot or soft targets [B, C]; dL/dz by hand."""
+
+    @tf.custom_gradient
+    def focal_sum(z):
+        a = _softplus_neg(z)
+        bce = (1.0 - targets) * z + a
+        m = tf.exp(-gamma * (targets * z + a)) if gamma else None
+        out = tf.reduce_sum(m * bce if gamma else bce, -1)
+
+        def grad(g):
+            sig = tf.exp(-a)
+            d = sig - targets
+            if gamma:
+                d = m * (d - gamma * bce * (targets - 1.0 + sig))
+            return g[:, None] * d
+
+        return out, grad
+
+    return focal_sum(z)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,7 +283,7 @@ class ClassBalancedLoss(keras.losses.Loss):
 
     `samples_per_class` are the training-set counts (`count_labels`); `beta` in [0, 1) (0 = unweighted);
     `gamma` >= 0 is the focal exponent. Accepts sparse int labels or one-hot targets. For
-    sigmoid / focal, build the last layer with `finegrain_tf.models.initializers.PriorBias` (§5.4.2).
+    sigmoid / focal, build the last layer with `finegrain_tf.layers.PriorBias` (§5.4.2).
     """
 
     def __init__(self, samples_per_class: Sequence[int], beta: float = 0.9999, loss_type: str = "softmax",
@@ -278,8 +318,3 @@ class ClassBalancedLoss(keras.losses.Loss):
         config.update(samples_per_class=list(self.samples_per_class), beta=self.beta,
                       loss_type=self.loss_type, gamma=self.gamma, from_logits=self.from_logits)
         return config
-
-
-def weights_table(samples_per_class, betas: Iterable[float]) -> dict:
-    """{beta: class-balanced weights} for plotting (Fig 5.3 / 5.6)."""
-    return {float(b): class_balanced_weights(samples_per_class, b) for b in betas}

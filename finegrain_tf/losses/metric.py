@@ -34,6 +34,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from finegrain_tf.ops.xla import in_xla_context
+
 MININGS = ("violating", "all", "semi_hard", "hard")
 DISTANCES = ("squared_l2", "l2", "cosine")
 
@@ -102,16 +104,28 @@ def _masked_min(d, mask, fallback):
     return tf.where(tf.reduce_any(mask, axis=1), out, fallback)
 
 
-def _row_sort(values, flags):
-    """Per row, the column order sorting `values` (>= 0) ascending, ties broken by `flags` ascending.
+def _sorted_flags(values, flags):
+    """Per row, sorts `values` (>= 0) ascending with ties broken by `flags` (0..3) ascending.
 
-    One int64 sort per row: the float32 bit pattern (monotonic for non-negative floats) times 4 plus
-    the flag (0..3). Returns int32 order [B, B].
+    One `top_k` of an int64 key per row (the float32 bit pattern, monotonic for non-negative floats,
+    times 4 plus the flag) returns the flags in sorted order without any gather, and the order.
+    Returns (sorted values float32 [B, B], sorted flags int32 [B, B], order int32 [B, B]).
     """
     # abs() maps a possible -0.0 to +0.0 (its sign bit would sort it first).
     bits = tf.cast(tf.bitcast(tf.abs(tf.stop_gradient(values)), tf.int32), tf.int64)
     key = bits * 4 + tf.cast(flags, tf.int64)
-    return tf.argsort(key, axis=1, stable=True)
+    negated, order = tf.math.top_k(-key, k=tf.shape(key)[1], sorted=True)  # ties: lower index first
+    key = -negated
+    return (tf.bitcast(tf.cast(tf.bitwise.right_shift(key, 2), tf.int32), tf.float32),
+            tf.cast(tf.bitwise.bitwise_and(key, 3), tf.int32), order)
+
+
+def _scatter_to_columns(coef_sorted, columns):
+    """[B, B] coefficients of sorted slots -> coefficients of the original columns (summed)."""
+    b = tf.shape(columns)[0]
+    ids = tf.range(b)[:, None] * b + columns
+    return tf.reshape(tf.math.unsorted_segment_sum(tf.reshape(coef_sorted, [-1]), tf.reshape(ids, [-1]),
+                                                   b * b), [b, b])
 
 
 def _all_or_violating(d, pos, neg, margin, mining):
@@ -120,22 +134,21 @@ def _all_or_violating(d, pos, neg, margin, mining):
     With t_ap = D_ap + m, the triplet (a, p, n) violates iff D_an < t_ap, and
     sum_{p,n} max(t_ap - D_an, 0) = sum_p cnt_ap * t_ap - sum_n c_an * D_an, where cnt_ap = #{n: D_an < t_ap}
     and c_an = #{p: t_ap > D_an}. Both counts come from one sort per row of the values t_ap (positives)
-    and D_an (negatives), ties putting t before D so both counts use the same strict comparison; the
-    expression is linear in D given the counts, hence its gradient is exact.
+    and D_an (negatives), ties putting t before D so both counts use the same strict comparison. The
+    counts are mapped back to their columns and the sum is evaluated on D itself: it is linear in D
+    given the counts, so autodiff's gradient is exact and costs one multiply.
     """
     big = tf.constant(3.0e38, d.dtype)
     values = tf.where(pos, d + margin, tf.where(neg, d, big))
     flags = tf.where(pos, 0, tf.where(neg, 1, 2))
-    order = _row_sort(values, flags)
-    v = tf.gather(values, order, batch_dims=1)  # differentiable through the gather
-    is_pos = tf.cast(tf.gather(pos, order, batch_dims=1), d.dtype)
-    is_neg = tf.cast(tf.gather(neg, order, batch_dims=1), d.dtype)
+    _, sorted_flags, order = _sorted_flags(values, flags)
+    is_pos = tf.cast(tf.equal(sorted_flags, 0), d.dtype)
+    is_neg = tf.cast(tf.equal(sorted_flags, 1), d.dtype)
     neg_before = tf.cumsum(is_neg, axis=1, exclusive=True)  # = cnt_ap at a positive's slot
     pos_before = tf.cumsum(is_pos, axis=1, exclusive=True)  # = #{t_ap <= D_an} at a negative's slot
     pos_count = tf.reduce_sum(is_pos, axis=1, keepdims=True)
-    v_safe = tf.where(is_pos + is_neg > 0, v, tf.zeros_like(v))
-    per_anchor = (tf.reduce_sum(is_pos * neg_before * v_safe, axis=1)
-                  - tf.reduce_sum(is_neg * (pos_count - pos_before) * v_safe, axis=1))
+    coef = _scatter_to_columns(is_pos * neg_before - is_neg * (pos_count - pos_before), order)
+    per_anchor = tf.reduce_sum(coef * tf.where(pos, d + margin, tf.where(neg, d, 0.0)), axis=1)
     if mining == "all":
         normalizer = tf.reduce_sum(pos_count[:, 0] * tf.reduce_sum(is_neg, axis=1))
     else:
@@ -147,36 +160,55 @@ def _semi_hard(d, pos, neg, margin):
     """tfa TripletSemiHardLoss: negative = min{D_an : D_an > D_ap}, else max_n D_an (else row min).
 
     One sort per row of the positives' and negatives' distances (ties: negatives first), so the
-    number of negatives before a positive's slot is #{n: D_an <= D_ap}, the rank of its semi-hard
-    negative among the row's sorted negatives.
+    number r of negatives before a positive's slot is #{n: D_an <= D_ap}; its semi-hard negative is
+    the (r + 1)-th negative of the sorted row. The loss is then gathered from D at the chosen
+    (a, p) and (a, n*) only, so autodiff's gradient is exact and sparse.
     """
-    b = tf.shape(d)[0]
-    big = tf.constant(3.0e38, d.dtype)
     flags = tf.where(neg, 0, tf.where(pos, 1, 2))
-    order = _row_sort(tf.where(tf.logical_or(pos, neg), d, big), flags)
-    is_neg = tf.gather(neg, order, batch_dims=1)
-    neg_i = tf.cast(is_neg, tf.int32)
-    rank_incl = tf.cumsum(neg_i, axis=1)  # negatives up to and including each slot
-    neg_count = rank_incl[:, -1]
-    # Table of the row's negatives by rank: table[a, r] = column of the r-th closest negative.
-    rows = tf.broadcast_to(tf.range(b)[:, None], tf.shape(order))
-    slot = tf.where(is_neg, rank_incl - 1, b)  # non-negatives go to a spare column
-    table = tf.tensor_scatter_nd_update(tf.zeros([b, b + 1], tf.int32),
-                                        tf.stack([tf.reshape(rows, [-1]), tf.reshape(slot, [-1])], 1),
-                                        tf.reshape(order, [-1]))
-    # At a positive's slot, the negatives strictly before it are those with D_an <= D_ap: their count
-    # is the rank of its semi-hard negative. Work in the sorted domain (no inverse permutation).
-    idx = rank_incl - neg_i
-    has_outside = idx < neg_count[:, None]
-    last = tf.maximum(neg_count - 1, 0)[:, None] + tf.zeros_like(idx)
-    cols = tf.gather(table, tf.where(has_outside, idx, last), batch_dims=1)
-    semi = tf.gather(d, cols, batch_dims=1)
-    row_min = tf.reduce_min(d, axis=1, keepdims=True)
-    semi = tf.where(neg_count[:, None] > 0, semi, row_min)
-    d_sorted = tf.gather(d, order, batch_dims=1)
-    is_pos = tf.gather(pos, order, batch_dims=1)
-    loss = tf.where(is_pos, tf.nn.relu(margin + d_sorted - semi), 0.0)
-    return tf.reduce_sum(loss, axis=1), tf.reduce_sum(tf.cast(pos, d.dtype))
+    big = tf.constant(3.0e38, d.dtype)
+    sorted_d, sorted_flags, order = _sorted_flags(tf.where(tf.logical_or(pos, neg), d, big), flags)
+    is_neg = tf.equal(sorted_flags, 0)
+    is_pos = tf.equal(sorted_flags, 1)
+    neg_rank = tf.cumsum(tf.cast(is_neg, tf.int32), axis=1)  # inclusive
+    neg_count = neg_rank[:, -1]
+    row_min = tf.reduce_min(tf.stop_gradient(d), axis=1)
+    if in_xla_context():
+        return _semi_hard_static(d, margin, sorted_d, is_pos, order, neg_rank, neg_count, row_min)
+    # Only the positive slots need a negative (~B * K of B^2 entries): work on them alone. The
+    # negatives of all rows, in sorted order, are one flat vector; row a's r-th is at start_a + r.
+    pos_at = tf.cast(tf.where(is_pos), tf.int32)  # [P, 2] (anchor, sorted slot)
+    anchor = pos_at[:, 0]
+    rank = tf.gather_nd(neg_rank, pos_at)  # negatives with D_an <= D_ap
+    count = tf.gather(neg_count, anchor)
+    start = tf.gather(tf.cumsum(neg_count, exclusive=True), anchor)
+    which = tf.minimum(rank, tf.maximum(count - 1, 0))  # the farthest one when none is farther
+    # (one padding entry, read only by rows without negatives, whose D_an* is the row minimum)
+    neg_columns = tf.concat([tf.boolean_mask(order, is_neg), tf.zeros([1], order.dtype)], 0)
+    n_col = tf.gather(neg_columns, start + which)
+    p_col = tf.gather_nd(order, pos_at)
+    d_ap = tf.gather_nd(d, tf.stack([anchor, p_col], 1))
+    d_an = tf.where(count > 0, tf.gather_nd(d, tf.stack([anchor, n_col], 1)), tf.gather(row_min, anchor))
+    per_pair = tf.nn.relu(margin + d_ap - d_an)
+    per_anchor = tf.math.unsorted_segment_sum(per_pair, anchor, tf.shape(d)[0])
+    return per_anchor, tf.reduce_sum(tf.cast(pos, d.dtype))
+
+
+def _semi_hard_static(d, margin, sorted_d, is_pos, order, neg_rank, neg_count, row_min):
+    """`_semi_hard` with static shapes for XLA: the semi-hard slot of every sorted slot is found by
+    a binary search in the running count of negatives, and the loss is evaluated on D with
+    coefficients +1 at (a, p) and -1 at (a, n*) (linear in D given the choices: exact gradient)."""
+    neg_count = neg_count[:, None]
+    target = tf.minimum(neg_rank + 1, tf.maximum(neg_count, 1))  # the farthest when none is farther
+    slot = tf.minimum(tf.searchsorted(neg_rank, target, side="left"), tf.shape(d)[1] - 1)
+    has_neg = neg_count > 0
+    semi = tf.where(has_neg, tf.gather(sorted_d, slot, batch_dims=1), row_min[:, None])
+    ones = tf.cast(tf.logical_and(is_pos, margin + sorted_d - semi > 0), d.dtype)
+    chosen = tf.gather(order, slot, batch_dims=1)
+    coef = _scatter_to_columns(tf.concat([ones, -tf.where(has_neg, ones, 0.0)], 1),
+                               tf.concat([order, chosen], 1))
+    fallback = tf.where(has_neg, 0.0, row_min[:, None])[:, 0]  # constant D_an* without negatives
+    per_anchor = tf.reduce_sum(coef * d, axis=1) + tf.reduce_sum(ones, axis=1) * (margin - fallback)
+    return per_anchor, tf.reduce_sum(tf.cast(is_pos, d.dtype))
 
 
 def _hard(d, pos, neg, margin):
@@ -226,7 +258,10 @@ def triplet_loss(labels, embeddings, margin: float = 0.2, mining: str = "violati
     Keras "sum_over_batch_size" reduction returns exactly tfa's value for semi_hard / hard.
     """
     per_anchor, normalizer = triplet_loss_terms(labels, embeddings, margin, mining, distance)
-    return _scaled(per_anchor, normalizer)
+    values = _scaled(per_anchor, normalizer)
+    # Non-finite embeddings give NaN, never a silent 0 (mining may select no triplet around a NaN).
+    finite = tf.reduce_all(tf.math.is_finite(tf.cast(embeddings, tf.float32)))
+    return tf.where(finite, values, tf.constant(float("nan"), values.dtype))
 
 
 def _gathered_triplet_loss(labels, embeddings, margin, mining, distance):

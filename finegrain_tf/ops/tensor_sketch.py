@@ -33,7 +33,8 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # the only way to ask "am I inside XLA?"
+
+from finegrain_tf.ops.xla import in_xla_context
 
 
 def draw_count_sketch_hashes(seed: int, input_dim: int, dims: Sequence[int],
@@ -54,10 +55,6 @@ def draw_count_sketch_hashes(seed: int, input_dim: int, dims: Sequence[int],
         out.append((np.asarray(hs, np.int32).reshape(m, input_dim),
                     np.asarray(ss, np.float32).reshape(m, input_dim)))
     return out
-
-
-def _in_xla() -> bool:
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 class _SketchIndex:
@@ -90,7 +87,7 @@ class _SketchIndex:
     def sketch(self, xt):
         """[c, N] -> every count sketch of every group as rows [rows, N]."""
         data = tf.concat([xt, -xt], 0)
-        if _in_xla():  # XLA has no sparse-segment kernel
+        if in_xla_context():  # XLA has no sparse-segment kernel
             return tf.math.unsorted_segment_sum(tf.gather(data, self.sources), self.bins, self.rows)
         return tf.sparse.segment_sum(data, self.sources, self.bins, num_segments=self.rows)
 
