@@ -109,7 +109,7 @@ def test_count_labels_array_onehot_and_dataset():
     np.testing.assert_array_equal(count_labels(ds, 4, progress=False), [2, 1, 3, 0])
     ds = tf.data.Dataset.from_tensor_slices({"image": np.zeros((6, 2)), "label": labels})
     np.testing.assert_array_equal(count_labels(ds, 4, progress=True), [2, 1, 3, 0])
-    with pytest.raises(ValueError, match="label 4 is outside"):
+    with pytest.raises(ValueError, match="4, outside"):
         count_labels([0, 4], 4)
 
 
