@@ -44,8 +44,8 @@ def build_index(embeddings, ids, kind: str = "auto", nlist: int | None = None, n
       ids: [N] unique non-empty strings (bytes decoded as UTF-8, other values converted with str).
       kind: "exact" (brute force), "ivf" (inverted file, k-means lists) or "auto" (exact up to
         AUTO_EXACT_MAX_SIZE items, IVF above).
-      nlist: IVF lists (default about 4 * sqrt(N)); must be <= N.
-      nprobe: IVF lists scanned per query by default (default max(8, nlist / 64)); must be <= nlist.
+      nlist: IVF lists (default about 2 * sqrt(N)); must be <= N.
+      nprobe: IVF lists scanned per query by default (default max(8, nlist / 32)); must be <= nlist.
       seed: k-means seed (the IVF index is deterministic given it).
 
     Raises:

@@ -1,7 +1,7 @@
 """Inverted-file (IVF) index in stock TF ops: scan only the lists whose centroids are nearest the query.
 
 Build time (numpy + scikit-learn, never in the served graph): k-means centroids from
-`MiniBatchKMeans` on a sample of the gallery, every item assigned to its nearest centroid, items stored
+scikit-learn's `KMeans` on a sample of the gallery, every item assigned to its nearest centroid, items stored
 sorted by list with `list_offsets` [nlist + 1] (list j = rows offsets[j]:offsets[j+1]).
 
 Search (stock ops: matmul, top_k, RaggedRange, gather): per query, the nprobe nearest centroids, then the
@@ -20,31 +20,31 @@ from absl import logging
 
 from finegrain_tf.retrieval.index import SearchIndex, _static_int, row_sq_norms, squared_distances_tf
 
-# k-means on at most this many sampled items per list (faiss uses 256; fewer is enough for centroids).
-TRAIN_SAMPLES_PER_LIST = 64
+# k-means runs on at most this many sampled items per list (faiss warns below 39).
+TRAIN_SAMPLES_PER_LIST = 40
+KMEANS_ITERATIONS = 20
 
 
 def default_nlist(size: int) -> int:
-    """About 4 * sqrt(N) lists (faiss' guideline 4..16 * sqrt(N)), never more than N / 8 or fewer than 1."""
-    return int(max(1, min(round(4 * math.sqrt(size)), size // 8)))
+    """About 2 * sqrt(N) lists (lists of ~sqrt(N) / 2 items), never more than N / 8, at least 1."""
+    return int(max(1, min(round(2 * math.sqrt(size)), size // 8)))
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists scanned per query by default: 1/64 of them (at least 8, at most nlist)."""
-    return int(min(nlist, max(8, round(nlist / 64))))
+    """Lists scanned per query by default: 1/32 of them (at least 8, at most nlist)."""
+    return int(min(nlist, max(8, round(nlist / 32))))
 
 
 def train_centroids(embeddings: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
-    """k-means centroids [nlist, D] (MiniBatchKMeans on a random sample of TRAIN_SAMPLES_PER_LIST * nlist)."""
-    from sklearn.cluster import MiniBatchKMeans
+    """k-means centroids [nlist, D]: scikit-learn's Lloyd k-means from random init on a sample of
+    TRAIN_SAMPLES_PER_LIST * nlist items (k-means++ init costs more than the iterations at this k)."""
+    from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(seed)
-    n = len(embeddings)
     sample = embeddings
-    if n > TRAIN_SAMPLES_PER_LIST * nlist:
-        sample = embeddings[np.sort(rng.choice(n, TRAIN_SAMPLES_PER_LIST * nlist, replace=False))]
-    kmeans = MiniBatchKMeans(n_clusters=nlist, random_state=seed, n_init=1, batch_size=max(1024, 4 * nlist),
-                             max_iter=50, compute_labels=False)
+    if len(embeddings) > TRAIN_SAMPLES_PER_LIST * nlist:
+        sample = embeddings[np.sort(rng.choice(len(embeddings), TRAIN_SAMPLES_PER_LIST * nlist, replace=False))]
+    kmeans = KMeans(n_clusters=nlist, init="random", n_init=1, max_iter=KMEANS_ITERATIONS, random_state=seed)
     kmeans.fit(sample)
     return kmeans.cluster_centers_.astype(np.float32)
 

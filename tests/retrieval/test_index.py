@@ -104,7 +104,7 @@ def test_auto_kind_switches_at_the_size_threshold(monkeypatch):
     assert retrieval.build_index(x, ids).kind == "exact"
     monkeypatch.setattr(build, "AUTO_EXACT_MAX_SIZE", 199)
     index = retrieval.build_index(x, ids)
-    assert index.kind == "ivf" and index.config["nlist"] == 25  # min(4 sqrt(200), 200 / 8)
+    assert index.kind == "ivf" and index.config["nlist"] == 25  # min(2 sqrt(200), 200 / 8)
 
 
 def test_ivf_build_is_deterministic_given_the_seed():
