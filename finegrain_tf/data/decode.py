@@ -24,8 +24,9 @@ API
   within_limits(shape, limits) -> bool scalar (pixels counted over all frames)
   decode_image(encoded, limits=DEFAULT_LIMITS) -> uint8 [H, W, 3]; raises
       tf.errors.InvalidArgumentError naming the size before anything is decoded
-  decode_or_flag(encoded, limits) -> (uint8 [H, W, 3], ok): never raises for a size; a refused image
-      comes back as a 1x1 black placeholder with ok=False (loaders filter and count it)
+  decode_or_flag(encoded, limits) -> (uint8 [H, W, 3], ok): never raises for a size; an oversized
+      image comes back as a 1x1 black placeholder with ok=False (loaders filter and count it);
+      unrecognisable or corrupt bytes still raise
 
 For the serving export (inside a `tf.function` signature, e.g. under `tf.map_fn` over a batch of
 encoded strings): call `decode_image(encoded, limits)`. It raises InvalidArgumentError, which TF
@@ -246,12 +247,17 @@ def decode_image(encoded: tf.Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> t
 
 
 def decode_or_flag(encoded: tf.Tensor, limits: DecodeLimits = DEFAULT_LIMITS):
-    """(uint8 [H, W, 3] image, ok bool scalar): refused sizes give a 1x1 placeholder and ok=False.
+    """(uint8 [H, W, 3] image, ok bool scalar): an oversized image gives a 1x1 placeholder, ok=False.
 
-    For tf.data loaders that skip and count oversized images. Corrupt bytes and truncated JPEG
-    headers still raise (drop those with `ignore_errors` and count the gap, see `data.pipeline`).
+    For tf.data loaders that skip and count oversized images separately from broken ones: only a size
+    refusal is flagged. Bytes that are not a recognisable image (unknown format, header cut short)
+    or fail to decode raise InvalidArgumentError like `decode_image` (drop those with
+    `ignore_errors` and count the gap, see `data.pipeline`).
     """
     encoded = tf.convert_to_tensor(encoded, tf.string)
-    ok = within_limits(image_shape(encoded), limits)
+    shape = image_shape(encoded)
+    readable = tf.debugging.Assert(shape[0] > 0, [_refusal(shape, limits)])
+    with tf.control_dependencies([readable]):
+        ok = within_limits(shape, limits)
     image = tf.cond(ok, lambda: _decode(encoded), lambda: tf.zeros([1, 1, 3], tf.uint8))
     return image, ok

@@ -1,9 +1,14 @@
 """Real-data loaders: tfds datasets by name and class-per-subfolder image folders.
 
 Both yield `(uint8 image [H, W, 3], int64 label)` elements; images keep their original size (the
-preprocessing in `finegrain_tf.data.preprocessing` resizes them). Corrupt or unreadable files in an
-image folder are found by a verification pass, skipped and counted (a warning with the count), never
-a crash.
+preprocessing in `finegrain_tf.data.preprocessing` resizes them). Every decode is bounded
+(`finegrain_tf.data.decode`): images whose header declares more pixels or a more extreme aspect ratio
+than the limits are never decoded. Corrupt, unreadable or oversized files in an image folder are found
+by a verification pass, skipped and counted (a warning with the counts), never a crash.
+
+Counting is honest: `scan_image_folder` follows symbolic links but visits every real directory and
+every real file once, so a link loop (`ln -s . data/a/loop`) neither multiplies a class's images nor
+hangs the walk; it is reported in a warning naming the link.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from finegrain_tf.data.preprocessing import decode_image
+from finegrain_tf.data import decode
+from finegrain_tf.utils.progress import ProgressBar
 
 SUPPORTED_TFDS = ("caltech_birds2011", "cars196", "oxford_flowers102", "stanford_dogs", "food101",
                   "i_naturalist2017", "cifar10", "cifar100")
@@ -81,7 +87,8 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None, download: b
     be prepared already under `data_dir` (or the tfds default).
     """
     ds, class_names = load_tfds_encoded(name, split, data_dir, download)
-    ds = ds.map(lambda encoded, label: (decode_image(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda encoded, label: (decode.decode_image(encoded), label),
+                num_parallel_calls=tf.data.AUTOTUNE)
     return ds, class_names
 
 
@@ -101,9 +108,7 @@ def read_tfds_labels(name: str, split: str, data_dir: Optional[str] = None, buil
     except Exception:  # unknown split info (e.g. under tfds.testing.mock_data)
         total = None
     chunks = []
-    from tqdm import tqdm
-    with tqdm(total=total, desc=f"{name}:{split} labels", unit="ex", disable=not progress,
-              leave=False) as bar:
+    with ProgressBar(total=total, desc=f"{name}:{split} labels", unit="ex", enabled=progress) as bar:
         for batch in ds.as_numpy_iterator():
             chunks.append(batch.astype(np.int64))
             bar.update(len(batch))
@@ -121,7 +126,9 @@ class FolderInfo:
     class_names: list
     files: list  # usable image paths
     labels: np.ndarray  # int64 [len(files)]
-    skipped_files: list  # corrupt / unreadable image files
+    skipped_files: list  # corrupt, unreadable or oversized image files (all skipped ones)
+    too_large_files: list = dataclasses.field(default_factory=list)  # the oversized ones among them
+    link_loops: list = dataclasses.field(default_factory=list)  # symlinks that led back to a visited dir
 
     @property
     def num_skipped(self) -> int:
@@ -135,34 +142,72 @@ class FolderInfo:
         return np.bincount(self.labels, minlength=len(self.class_names)).astype(np.int64)
 
 
-def _read_and_decode(path: tf.Tensor) -> tf.Tensor:
-    return decode_image(tf.io.read_file(path))
+def find_bad_images(files: Sequence[str], limits: decode.DecodeLimits = decode.DEFAULT_LIMITS
+                    ) -> tuple[list, list]:
+    """(bad files, oversized files among them): files that cannot be read, decoded or are too large.
 
-
-def find_bad_images(files: Sequence[str]) -> list:
-    """Files that cannot be read or decoded as images (full decode, parallel, in TF).
-
-    Each file is decoded once in a tf.data pipeline with `ignore_errors`; the indices that do not come
-    out are the bad ones.
+    Each file's header is checked against `limits` and, when within them, the image is decoded once,
+    in a parallel tf.data pipeline; read and decode errors drop the element (`ignore_errors`), so the
+    indices that do not come out are the unreadable ones.
     """
     if not files:
-        return []
+        return [], []
+
+    def check(i, path):
+        _, ok = decode.decode_or_flag(tf.io.read_file(path), limits)
+        return i, ok
+
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), list(files)))
-    ds = ds.map(lambda i, path: (i, tf.shape(_read_and_decode(path))),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ignore_errors().map(lambda i, shape: i).batch(1024)
-    good = np.zeros(len(files), bool)
-    for batch in ds.as_numpy_iterator():
-        good[batch] = True
-    return [f for f, ok in zip(files, good) if not ok]
+    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(1024)
+    seen = np.zeros(len(files), bool)
+    within = np.zeros(len(files), bool)
+    for index, ok in ds.as_numpy_iterator():
+        seen[index] = True
+        within[index] = ok
+    bad = [f for f, s, w in zip(files, seen, within) if not (s and w)]
+    too_large = [f for f, s, w in zip(files, seen, within) if s and not w]
+    return bad, too_large
 
 
-def scan_image_folder(root: str, verify: bool = True,
-                      extensions: Sequence[str] = IMAGE_EXTENSIONS) -> FolderInfo:
+def _walk_class(class_dir: str, extensions: tuple, loops: list) -> list:
+    """Image files under `class_dir` (links followed), each real directory and file visited once."""
+    seen_dirs = {os.path.realpath(class_dir)}
+    seen_files = set()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real in seen_dirs:
+                loops.append(full)
+                continue
+            seen_dirs.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if f.startswith(".") or not f.lower().endswith(extensions):
+                continue
+            full = os.path.join(dirpath, f)
+            real = os.path.realpath(full)
+            if real not in seen_files:
+                seen_files.add(real)
+                found.append(full)
+    return sorted(found)
+
+
+def scan_image_folder(root: str, verify: bool = True, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                      limits: decode.DecodeLimits = decode.DEFAULT_LIMITS) -> FolderInfo:
     """Lists `root/<class_name>/**/<image>` (class names sorted) and verifies every image once.
 
-    Files whose extension is not an image extension are ignored. With `verify`, every image is decoded
-    once; corrupt or unreadable ones are left out, counted and reported in a warning.
+    Files whose extension is not an image extension are ignored. Symbolic links are followed, but a
+    link to a directory already visited (a loop such as `ln -s . root/a/loop`, or a second path to the
+    same folder) is not entered again, and a file reached twice within a class counts once; such links
+    are listed in `FolderInfo.link_loops` and named in a warning. With `verify`, every image's header
+    is checked against `limits` and the image decoded once; corrupt, unreadable and oversized ones are
+    left out, counted and reported in a warning.
 
     Raises:
       ValueError: `root` missing or not a directory, no class subfolders, or no images at all.
@@ -174,53 +219,59 @@ def scan_image_folder(root: str, verify: bool = True,
     if not class_names:
         raise ValueError(f"image folder {root!r} has no class subfolders (expected root/<class>/<image>)")
     extensions = tuple(e.lower() for e in extensions)
-    files, labels = [], []
+    files, labels, loops = [], [], []
     for label, name in enumerate(class_names):
-        class_dir = os.path.join(root, name)
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(os.path.join(dirpath, f) for f in filenames
-                         if f.lower().endswith(extensions) and not f.startswith("."))
-        found.sort()
+        found = _walk_class(os.path.join(root, name), extensions, loops)
         files.extend(found)
         labels.extend([label] * len(found))
+    if loops:
+        logging.warning("image folder %s: %d symbolic link(s) lead back to a folder already visited and "
+                        "were not followed again (each real file is counted once): %s", root, len(loops),
+                        ", ".join(loops[:5]))
     if not files:
         raise ValueError(f"image folder {root!r} has class subfolders {class_names[:5]}... but no images "
                          f"with extensions {list(extensions)}")
-    skipped = find_bad_images(files) if verify else []
+    skipped, too_large = find_bad_images(files, limits) if verify else ([], [])
     if skipped:
         bad = set(skipped)
         keep = [i for i, f in enumerate(files) if f not in bad]
         files = [files[i] for i in keep]
         labels = [labels[i] for i in keep]
-        logging.warning("skipped %d corrupt images in %s (first: %s)", len(skipped), root, skipped[0])
+        logging.warning("image folder %s: skipped %d images (%d corrupt or unreadable, %d over the decode "
+                        "limits: %s); first: %s", root, len(skipped), len(skipped) - len(too_large),
+                        len(too_large), limits.describe(), skipped[0])
         if not files:
-            raise ValueError(f"image folder {root!r}: all {len(skipped)} images are corrupt or unreadable")
-    return FolderInfo(root=root, class_names=class_names, files=files,
-                      labels=np.asarray(labels, np.int64), skipped_files=skipped)
+            raise ValueError(f"image folder {root!r}: all {len(skipped)} images are corrupt, unreadable or "
+                             f"over the decode limits")
+    return FolderInfo(root=root, class_names=class_names, files=files, labels=np.asarray(labels, np.int64),
+                      skipped_files=skipped, too_large_files=too_large, link_loops=loops)
 
 
-def folder_dataset(files: Sequence[str], labels: np.ndarray) -> tf.data.Dataset:
-    """(uint8 image, int64 label) from file paths; undecodable files are dropped (safety net)."""
+def folder_dataset(files: Sequence[str], labels: np.ndarray,
+                   limits: decode.DecodeLimits = decode.DEFAULT_LIMITS) -> tf.data.Dataset:
+    """(uint8 image, int64 label) from file paths; undecodable or oversized files are dropped."""
     ds = tf.data.Dataset.from_tensor_slices((list(files), np.asarray(labels, np.int64)))
-    ds = ds.map(lambda path, label: (_read_and_decode(path), label), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda path, label: (decode.decode_image(tf.io.read_file(path), limits), label),
+                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.ignore_errors(log_warning=True)
 
 
-def load_image_folder(root: str, verify: bool = True, with_info: bool = False):
+def load_image_folder(root: str, verify: bool = True, with_info: bool = False,
+                      limits: decode.DecodeLimits = decode.DEFAULT_LIMITS):
     """Class-per-subfolder image folder (as keras `image_dataset_from_directory`).
 
     Args:
       root: directory with one subfolder per class (sorted names give labels 0..C-1).
-      verify: decode every image once first, skip and count the corrupt ones (see `scan_image_folder`).
-      with_info: return the `FolderInfo` (class_names, files, num_skipped, skipped_files) instead of
+      verify: check and decode every image once first, skip and count the bad ones (see
+        `scan_image_folder`).
+      with_info: return the `FolderInfo` (class_names, files, skipped_files, link_loops) instead of
         the class names.
+      limits: decode limits (pixels, aspect ratio) beyond which an image is skipped.
 
     Returns:
       (Dataset of (uint8 image [H, W, 3], int64 label) in sorted file order, class_names) or
       (dataset, FolderInfo) with `with_info=True`.
     """
-    info = scan_image_folder(root, verify=verify)
-    ds = folder_dataset(info.files, info.labels)
+    info = scan_image_folder(root, verify=verify, limits=limits)
+    ds = folder_dataset(info.files, info.labels, limits)
     return (ds, info) if with_info else (ds, info.class_names)

@@ -18,98 +18,27 @@ deterministic function of `seed`.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from finegrain_tf.utils import checks
+from finegrain_tf.utils.labels import labels_from_dataset, to_int_labels
+
 _REL_TOL = 1e-9
-
-
-def _num(value, name: str):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
-def _element_label(element, label_key: str):
-    """The label tensor of one dataset element: label, (x, y), (x, y, w) or {label_key: y, ...}."""
-    if isinstance(element, dict):
-        if label_key not in element:
-            raise ValueError(f"dataset elements are dicts without the key {label_key!r}: {list(element)}")
-        return element[label_key]
-    if isinstance(element, (tuple, list)):
-        if len(element) < 2:
-            raise ValueError(f"expected (x, y) dataset elements, got a tuple of {len(element)}")
-        y = element[1]
-        if isinstance(y, dict):
-            return _element_label(y, label_key)
-        return y
-    return element
-
-
-def labels_from_dataset(dataset: tf.data.Dataset, num_classes: int | None = None, progress: bool = True,
-                        label_key: str = "label") -> np.ndarray:
-    """All labels of a (batched or unbatched) dataset in iteration order, as int64 [N].
-
-    One-hot labels ([..., num_classes] floats) are arg-maxed. Shows a keras Progbar when `progress`.
-    """
-    import keras  # local: keep this module importable without pulling keras at import time
-
-    label_ds = dataset.map(lambda *e: _element_label(e[0] if len(e) == 1 else e, label_key),
-                           num_parallel_calls=tf.data.AUTOTUNE)
-    cardinality = int(label_ds.cardinality().numpy())
-    bar = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch") if progress \
-        else None
-    chunks = []
-    for i, y in enumerate(label_ds.as_numpy_iterator()):
-        y = np.asarray(y)
-        if num_classes and y.ndim >= 1 and y.shape[-1] == num_classes and y.dtype.kind == "f" \
-                and num_classes > 1:
-            y = y.argmax(-1)
-        chunks.append(y.reshape(-1))
-        if bar is not None and (i % 100 == 0):
-            bar.update(i + 1)
-    if bar is not None:
-        bar.update(len(chunks), finalize=True)
-    if not chunks:
-        return np.zeros([0], np.int64)
-    labels = np.concatenate(chunks)
-    if labels.dtype.kind == "f":
-        if np.any(labels != np.round(labels)):
-            raise ValueError(f"dataset labels must be integers, got {labels[labels != np.round(labels)][0]!r}")
-    return labels.astype(np.int64)
 
 
 def _labels(labels, num_classes: int | None = None) -> np.ndarray:
     if isinstance(labels, tf.data.Dataset):
         return labels_from_dataset(labels, num_classes=num_classes)
-    if isinstance(labels, (tf.Tensor, tf.Variable)):
-        labels = labels.numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"labels must be a 1-D int array, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind == "f":
-        if np.any(arr != np.round(arr)):
-            raise ValueError(f"labels must be integers, got {arr[arr != np.round(arr)][0]!r}")
-    elif arr.size and arr.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {int(arr.min())}")
-    return arr
+    return to_int_labels(labels, name="labels")
 
 
 def long_tailed_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarray:
     """n_i = floor(n_max * IF^(-i/(C-1))) for i = 0..C-1 (int64), with a 1e-9 relative tolerance."""
-    _num(imbalance_factor, "imbalance_factor")
-    if imbalance_factor < 1:
-        raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor!r}")
-    if isinstance(n_max, bool) or not isinstance(n_max, numbers.Integral) or n_max < 1:
-        raise ValueError(f"n_max must be a positive int, got {n_max!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    checks.in_range(imbalance_factor, "imbalance_factor", 1.0, None)
+    checks.positive_int(n_max, "n_max")
+    checks.positive_int(num_classes, "num_classes")
     if num_classes == 1:
         return np.array([n_max], np.int64)
     i = np.arange(num_classes, dtype=np.float64)
@@ -122,7 +51,7 @@ def long_tailed_counts(n_max: int, num_classes: int, imbalance_factor: float) ->
 
 
 def make_long_tailed(labels, imbalance_factor: float, seed: int = 0, num_classes: int | None = None,
-                     n_max: int | None = None, class_order=None) -> np.ndarray:
+                     n_max: int | None = None, class_order=None, keep_shortfall: bool = False) -> np.ndarray:
     """Sorted indices of an exponentially long-tailed subset (seed 000 §5.4.1, Fig 5.4).
 
     Args:
@@ -146,7 +75,7 @@ def make_long_tailed(labels, imbalance_factor: float, seed: int = 0, num_classes
     if available.size > num_classes:
         raise ValueError(f"label {int(y.max())} is outside [0, {num_classes})")
     missing = np.flatnonzero(available == 0)
-    if missing.size:
+    if missing.size and not keep_shortfall:
         raise ValueError(f"class {int(missing[0])} has no example: cannot make a long-tailed profile")
     if n_max is None:
         n_max = int(available.min())
@@ -168,6 +97,8 @@ def make_long_tailed(labels, imbalance_factor: float, seed: int = 0, num_classes
     for rank, cls in enumerate(order):
         idx = np.flatnonzero(y == cls)
         want = int(targets[rank])
+        if idx.size < want and keep_shortfall:
+            want = idx.size
         if idx.size < want:
             raise ValueError(f"class {int(cls)} has {idx.size} examples but the profile needs {want} "
                              f"(n_max={n_max}, imbalance_factor={imbalance_factor})")
@@ -177,8 +108,7 @@ def make_long_tailed(labels, imbalance_factor: float, seed: int = 0, num_classes
 
 def balanced_subset(labels, cap: int, seed: int = 0) -> np.ndarray:
     """Sorted indices keeping at most `cap` random examples of every class (seed 000 §4.2.2)."""
-    if isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 1:
-        raise ValueError(f"cap must be a positive int, got {cap!r}")
+    checks.positive_int(cap, "cap")
     y = _labels(labels)
     rng = np.random.default_rng(seed)
     kept = []

@@ -93,11 +93,34 @@ class SyntheticConfig(Section):
         self._non_negative("val_per_class", "test_per_class")
 
 
+@_section("data.augment")
+class AugmentConfig(Section):
+    """Training augmentation (`data.preprocessing.preprocess_train`); evaluation never augments."""
+    crop: str = "square"  # "square": shorter side -> data.resize_size, random S x S crop (seed 000 ch.3);
+    # "random_resized": Inception crop of area fraction [scale_min, scale_max] and width/height
+    # [aspect_min, aspect_max], resized to S x S (seed 000 sec. 4.4.1)
+    scale_min: float = 0.08
+    scale_max: float = 1.0
+    aspect_min: float = 0.75
+    aspect_max: float = 1.3333333333333333
+    horizontal_flip: bool = True  # off for text, handwriting, left/right-asymmetric classes
+    vertical_flip: bool = False
+    rotation: float = 0.0  # degrees: each image rotated by an angle drawn from [-rotation, rotation]
+    zoom: float = 0.0  # each image scaled by a factor drawn from [1 - zoom, 1 + zoom]
+
+    def validate(self):
+        from finegrain_tf.data.preprocessing import check_augment
+        check_augment(dataclasses.asdict(self), where="data.augment.")
+
+
 @_section("data")
 class DataConfig(Section):
     """Where images come from and how they are preprocessed."""
-    name: str = "synthetic"  # "synthetic", "folder", or a tfds name (caltech_birds2011, cars196, ...)
-    data_dir: str = ""  # image-folder root for "folder"; tfds data_dir otherwise ("" = tfds default)
+    name: str = "synthetic"  # "synthetic", "folder", "manifest" or a tfds name (caltech_birds2011, ...)
+    # folder: the image-folder root; manifest: a CSV/JSONL file of path,label[,split] rows;
+    # tfds: its data_dir ("" = tfds default)
+    data_dir: str = ""
+    eval_manifest: str = ""  # manifest: a separate CSV/JSONL of eval rows ("" = rows of split eval_split)
     train_split: str = "train"
     eval_split: str = "test"
     val_split: str = ""  # split evaluated every train.eval_every steps ("" = eval_split)
@@ -107,18 +130,35 @@ class DataConfig(Section):
     shuffle_buffer: int = 2048
     class_filter: str = ""  # text file of class ids to keep (e.g. from finegrain-analyze select)
     imbalance_factor: float = 1.0  # > 1: subsample the train split to a long-tailed profile
+    # imbalance_factor > 1 on a user's own images (folder / manifest) needs this too, so that a
+    # demo config's subsampling is never inherited silently
+    subsample_own_data: bool = False
     balanced_cap: int = 0  # > 0: cap every class at this many train images (second-stage fine-tune)
+    max_image_pixels: int = 40_000_000  # larger images (all GIF frames counted) are skipped, never decoded
+    max_aspect_ratio: float = 50.0  # images whose long side / short side exceeds this are skipped
+    eval_crops: int = 1  # 1: centre crop; 12: 4 corners, centre, whole image, each also flipped
     # Human hard negatives for loss.name=hns|hnm (seed 000 §2.4.3): a CSV/JSONL file of
     # (image path, class it was wrongly proposed for), or "simulated" (synthetic data only: val
     # images of a class proposed for a sibling class of the same super-class).
     hard_negatives: str = ""
     seed: int = 0
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
     def validate(self):
-        self._positive("image_size", "batch_size", "shuffle_buffer")
+        from finegrain_tf.data.pipeline import OWN_DATA_SOURCES, SOURCE_NAMES
+        from finegrain_tf.data.preprocessing import EVAL_CROPS
+        self._choice("name", SOURCE_NAMES)
+        self._positive("image_size", "batch_size", "shuffle_buffer", "max_image_pixels")
         self._non_negative("resize_size", "balanced_cap")
         self._check(self.imbalance_factor >= 1, "imbalance_factor", "must be >= 1")
+        self._check(self.max_aspect_ratio >= 1, "max_aspect_ratio", "must be >= 1")
+        self._choice("eval_crops", EVAL_CROPS)
+        if self.imbalance_factor > 1 and self.name in OWN_DATA_SOURCES and not self.subsample_own_data:
+            raise ValueError(f"data.imbalance_factor={self.imbalance_factor!r} would subsample your own images "
+                             f"(data.name={self.name!r}); a demo config's value is never applied to them "
+                             f"silently: set data.imbalance_factor=1 to keep every image, or "
+                             f"data.subsample_own_data=true to subsample on purpose")
         if self.resize_size and self.resize_size < self.image_size:
             raise ValueError(f"data.resize_size={self.resize_size} is smaller than "
                              f"data.image_size={self.image_size}")

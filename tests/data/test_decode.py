@@ -88,8 +88,8 @@ def test_unknown_or_truncated_headers_are_refused(encoded):
     assert _shape(encoded) == (-1, -1, -1)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a decodable JPEG/PNG/GIF/BMP image"):
         decode.decode_image(encoded)
-    image, ok = decode.decode_or_flag(encoded)
-    assert not bool(ok) and tuple(image.shape) == (1, 1, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a decodable"):
+        decode.decode_or_flag(encoded)  # broken bytes are errors, not size refusals
 
 
 def test_truncated_jpeg_header_raises_invalid_argument():
@@ -116,10 +116,10 @@ def test_limits_validate_and_are_configurable():
 
 
 def test_decode_or_flag_in_tf_data_skips_oversized():
-    files = [pil_bytes(PIXELS, "PNG"), png_bytes(120000, 1), pil_bytes(PIXELS, "JPEG")]
-    ds = tf.data.Dataset.from_tensor_slices(files).map(decode.decode_or_flag)
-    oks = [bool(ok) for _, ok in ds]
-    assert oks == [True, False, True]
+    files = [pil_bytes(PIXELS, "PNG"), png_bytes(120000, 1), b"broken", pil_bytes(PIXELS, "JPEG")]
+    ds = tf.data.Dataset.from_tensor_slices(files).map(decode.decode_or_flag).ignore_errors()
+    got = [(tuple(image.shape), bool(ok)) for image, ok in ds]
+    assert got == [((7, 9, 3), True), ((1, 1, 3), False), ((7, 9, 3), True)]
 
 
 def test_served_graph_refuses_with_invalid_argument_after_savedmodel_round_trip(tmp_path):

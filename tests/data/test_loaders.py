@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from finegrain_tf.data import loaders
+from finegrain_tf.data import decode, loaders
+
+from .image_bytes import png_bytes
 
 NUM_CLASSES = {"caltech_birds2011": 200, "cars196": 196, "oxford_flowers102": 102, "stanford_dogs": 120,
                "food101": 101, "i_naturalist2017": 5089, "cifar10": 10, "cifar100": 100}
@@ -73,7 +75,7 @@ def test_image_folder_skips_and_counts_corrupt_files(folder, caplog):
     assert info.class_names == ["a_dog", "b_cat", "c_empty"]
     assert info.num_skipped == 2
     assert sorted(os.path.basename(f) for f in info.skipped_files) == ["notes.jpg", "truncated.jpg"]
-    assert "skipped 2 corrupt images" in caplog.text
+    assert "skipped 2 images (2 corrupt or unreadable, 0 over the decode limits" in caplog.text
     got = [(x.numpy(), int(y)) for x, y in ds]  # iterating never raises
     assert sorted(y for _, y in got) == [0, 1, 1, 1]
     assert sorted(x.shape for x, _ in got) == [(8, 8, 3), (9, 5, 3), (16, 16, 3), (20, 30, 3)]
@@ -102,10 +104,56 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         loaders.load_image_folder(str(empty))
     (empty / "cls" / "b.jpg").write_text("x")
-    with pytest.raises(ValueError, match="all 1 images are corrupt"):
+    with pytest.raises(ValueError, match="all 1 images are corrupt, unreadable or over the decode limits"):
         loaders.load_image_folder(str(empty))
 
 
 def test_tfds_not_prepared_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"'cifar10' is not prepared.*tfds build"):
         loaders.load_tfds("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_symlink_loop_counts_each_real_file_once_and_names_the_loop(tmp_path, caplog):
+    """Issue 11 repro: `ln -s . data/a/loop` made class a count 41 times ([164, 4] instead of [4, 4])."""
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        for i in range(4):
+            _write(str(root / cls / f"{i}.png"), png_bytes(4, 4))
+    os.symlink(".", root / "a" / "loop")
+    os.symlink(str(root / "a"), root / "a" / "back_to_a")  # an absolute link to the same folder
+    os.symlink(str(root / "a" / "0.png"), root / "a" / "same_file.png")  # a second name of one file
+    with caplog.at_level(logging.WARNING):
+        info = loaders.scan_image_folder(str(root))
+    np.testing.assert_array_equal(info.class_counts(), [4, 4])
+    assert sorted(os.path.basename(p) for p in info.link_loops) == ["back_to_a", "loop"]
+    assert "2 symbolic link(s) lead back to a folder already visited" in caplog.text
+    assert str(root / "a" / "back_to_a") in caplog.text
+
+
+def test_a_link_to_a_folder_elsewhere_is_followed(tmp_path):
+    outside = tmp_path / "outside"
+    for i in range(3):
+        _write(str(outside / f"{i}.png"), png_bytes(4, 4))
+    root = tmp_path / "data"
+    _write(str(root / "a" / "x.png"), png_bytes(4, 4))
+    os.symlink(str(outside), root / "a" / "more")
+    info = loaders.scan_image_folder(str(root))
+    np.testing.assert_array_equal(info.class_counts(), [4])
+    assert info.link_loops == []
+
+
+def test_oversized_images_are_skipped_and_counted_without_decoding(tmp_path, caplog):
+    root = tmp_path / "data"
+    _write(str(root / "a" / "ok.png"), png_bytes(6, 5))
+    _write(str(root / "a" / "wide.png"), png_bytes(120000, 1))  # the 429-byte PNG of issue 11
+    _write(str(root / "b" / "big.png"), png_bytes(6000, 6000, pixels=False))  # header only
+    _write(str(root / "b" / "ok.png"), png_bytes(5, 5))
+    limits = decode.DecodeLimits(max_pixels=1_000_000)
+    with caplog.at_level(logging.WARNING):
+        ds, info = loaders.load_image_folder(str(root), with_info=True, limits=limits)
+    assert sorted(os.path.basename(p) for p in info.too_large_files) == ["big.png", "wide.png"]
+    assert info.num_skipped == 2
+    assert "skipped 2 images (0 corrupt or unreadable, 2 over the decode limits: at most 1000000 pixels" \
+        in caplog.text
+    np.testing.assert_array_equal(info.class_counts(), [1, 1])
+    assert sorted(tuple(x.shape) for x, _ in ds) == [(5, 5, 3), (5, 6, 3)]

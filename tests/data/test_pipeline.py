@@ -118,8 +118,9 @@ def test_input_context_shards_and_batches_per_replica():
 
 
 def test_unknown_name_and_split():
-    with pytest.raises(ValueError, match=r"'imagenet_v9'.*synthetic.*cars196"):
-        pipeline.build_datasets(_cfg(name="imagenet_v9"))
+    with pytest.raises(ValueError, match=r"data.name must be one of \['synthetic', 'folder', 'manifest', .*"
+                                         r"'cars196'.*got 'imagenet_v9'"):
+        _cfg(name="imagenet_v9")
     with pytest.raises(ValueError, match="'validation'"):
         pipeline.build_datasets(_cfg(eval_split="validation"))
     with pytest.raises(ValueError, match="nowhere"):

@@ -130,3 +130,95 @@ def test_graph_mode_batch_of_encoded_images():
     assert out.shape == (2, 24, 24, 3)
     np.testing.assert_allclose(out[0].numpy(), pp.preprocess_eval(_random_image(10, 30), 24).numpy(),
                                atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Configurable augmentation (issue 14) and the chapter-4 crops (issue 15)
+
+
+def _outputs(image, n=24, **augment):
+    return [pp.preprocess_train(image, image.shape[0], image.shape[0], seed=tf.constant([7, i]),
+                                **augment).numpy() for i in range(n)]
+
+
+def test_flips_follow_the_switches():
+    # square image with resize_size = image_size: the crop is the whole image, only flips can change it
+    image = _random_image(12, 12, seed=3).astype(np.float32)
+    hflip, vflip = image[:, ::-1], image[::-1]
+
+    def kinds(outs):
+        found = set()
+        for out in outs:
+            for name, ref in (("same", image), ("h", hflip), ("v", vflip), ("hv", image[::-1, ::-1])):
+                if np.array_equal(out, ref):
+                    found.add(name)
+        return found
+
+    assert kinds(_outputs(image, horizontal_flip=False)) == {"same"}
+    assert kinds(_outputs(image)) == {"same", "h"}  # the default flips horizontally only
+    assert kinds(_outputs(image, horizontal_flip=False, vertical_flip=True)) == {"same", "v"}
+    assert kinds(_outputs(image, horizontal_flip=True, vertical_flip=True)) == {"same", "h", "v", "hv"}
+
+
+def test_rotate_and_zoom_closed_forms():
+    image = np.arange(5 * 5 * 3, dtype=np.float32).reshape(5, 5, 3)
+    np.testing.assert_allclose(pp.rotate_and_zoom(image, 0.0, 1.0).numpy(), image, atol=1e-5)
+    np.testing.assert_allclose(pp.rotate_and_zoom(image, 90.0, 1.0).numpy(), np.rot90(image, 3), atol=1e-4)
+    np.testing.assert_allclose(pp.rotate_and_zoom(image, 180.0, 1.0).numpy(), image[::-1, ::-1], atol=1e-4)
+    # zoom 2 on a horizontal ramp I(x) = x: bilinear sampling is exact, output(x) = c + (x - c) / 2
+    ramp = np.tile(np.arange(9, dtype=np.float32)[None, :, None], (9, 1, 3))
+    out = pp.rotate_and_zoom(ramp, 0.0, 2.0).numpy()
+    np.testing.assert_allclose(out[4, :, 0], 4.0 + (np.arange(9) - 4.0) / 2.0, atol=1e-5)
+
+
+def test_rotation_and_zoom_ranges_in_the_pipeline_function():
+    image = _random_image(16, 16, seed=4).astype(np.float32)
+    unchanged = _outputs(image, n=4, horizontal_flip=False, rotation=0.0, zoom=0.0)
+    assert all(np.array_equal(o, image) for o in unchanged)
+    rotated = _outputs(image, n=4, horizontal_flip=False, rotation=30.0)
+    assert not any(np.array_equal(o, image) for o in rotated)
+    assert all(o.shape == (16, 16, 3) and o.min() >= 0 and o.max() <= 255 for o in rotated)
+
+
+def test_random_resized_crop_scale_and_aspect():
+    # a ramp whose value is the column index: the output's value span shows the crop's width
+    ramp = np.tile(np.arange(40, dtype=np.float32)[None, :, None], (40, 1, 3))
+    whole = pp.random_resized_crop(ramp, 20, tf.constant([1, 2]), scale=(1.0, 1.0), aspect=(1.0, 1.0))
+    expect = tf.image.resize(ramp, [20, 20], method="bilinear", antialias=True).numpy()
+    np.testing.assert_allclose(whole.numpy(), expect, atol=1e-4)
+    for i in range(5):  # a quarter of the area at aspect 1: a 20 x 20 window
+        out = pp.random_resized_crop(ramp, 20, tf.constant([3, i]), scale=(0.25, 0.25), aspect=(1.0, 1.0))
+        assert out.shape == (20, 20, 3)
+        span = float(out[..., 0].numpy().max() - out[..., 0].numpy().min())
+        assert 18.0 <= span <= 20.0, span
+    out = pp.preprocess_train(_random_image(30, 50), 24, seed=tf.constant([0, 1]), crop="random_resized")
+    assert out.shape == (24, 24, 3)
+
+
+def test_multi_crop_are_the_four_corners_centre_whole_and_their_flips():
+    image = _random_image(20, 31, seed=9)
+    views = pp.multi_crop(image, 16, resize_size=20).numpy()  # shorter side already 20: resize = identity
+    assert views.shape == (12, 16, 16, 3)
+    img = image.astype(np.float32)
+    expect = [img[:16, :16], img[:16, 15:], img[4:, :16], img[4:, 15:], img[2:18, 7:23],
+              tf.image.resize(img, [16, 16], method="bilinear", antialias=True).numpy()]
+    for i, ref in enumerate(expect):
+        np.testing.assert_allclose(views[i], ref, atol=1e-3, err_msg=f"view {i}")
+        np.testing.assert_allclose(views[6 + i], ref[:, ::-1], atol=1e-3, err_msg=f"flipped view {i}")
+    # the centre view is the ordinary evaluation crop
+    np.testing.assert_allclose(views[4], pp.preprocess_eval(image, 16, 20).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("augment,message", [
+    ({"crop": "circle"}, r"crop must be one of \['square', 'random_resized'\], got 'circle'"),
+    ({"scale_min": 0.0}, r"scale_min must be in \(0\.0, 1\.0\], got 0\.0"),
+    ({"scale_min": 0.5, "scale_max": 0.4}, r"scale_max must be in \[0\.5, 1\.0\], got 0\.4"),
+    ({"aspect_max": 0.5}, r"aspect_max must be in \[0\.75, inf\), got 0\.5"),
+    ({"rotation": -5.0}, r"rotation must be in \[0\.0, 180\.0\], got -5\.0"),
+    ({"zoom": 1.0}, r"zoom must be in \[0\.0, 1\.0\), got 1\.0"),
+    ({"horizontal_flip": "yes"}, r"horizontal_flip must be a bool, got 'yes'"),
+    ({"shear": 0.1}, r"unknown augmentation option\(s\) \['shear'\]"),
+])
+def test_bad_augment_options(augment, message):
+    with pytest.raises(ValueError, match=message):
+        pp.preprocess_train(_random_image(8, 8), 8, **augment)
