@@ -48,8 +48,10 @@ def load_model_dir(model_dir: str):
 def _build_index(module: ExportModule, gallery, index_options: dict | None, fingerprint: str | None):
     from finegrain_tf.retrieval import build_index
 
+    if not module.embedding_dim:
+        raise ValueError("a gallery needs a model with a layer named 'embedding'")
     embed = tf.function(lambda images: module.embed(images)["embeddings"], autograph=False)
-    embeddings, ids = load_gallery(gallery, embed if module.embedding_dim else None, fingerprint)
+    embeddings, ids = load_gallery(gallery, embed, fingerprint)
     if embeddings.shape[1] != module.embedding_dim:
         raise ValueError(f"gallery embeddings have dimension {embeddings.shape[1]}, the model's embedding "
                          f"has {module.embedding_dim}")

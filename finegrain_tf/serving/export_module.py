@@ -12,8 +12,9 @@ Signatures (`ExportModule.signatures()`):
   classify_tensor             images: float32 [None, H, W, 3] in [0, 255] (any H, W) -> as classify
   classify_tensor_uint8       images: uint8 [None, H, W, 3] -> as classify
   embed                       images: string [None] -> embeddings float32 [None, D] (L2-normalised)
-  lookup (with an index)      images: string [None], nprobe: int32 scalar (optional: the SignatureDef
-                              records its default) -> ids string [None, k], distances float32 [None, k]
+  lookup (with an index)      images: string [None], nprobe: int32 scalar >= 1, inverted lists an IVF
+                              index scans (optional: SignatureDef.defaults holds the index's default;
+                              an exact index ignores it) -> ids string [None, k], distances float32 [None, k]
                               (squared L2 between unit vectors = 2 - 2 cos, ascending)
 
 Decoding and the evaluation preprocessing of training (`finegrain_tf.data.preprocessing`) run inside
@@ -207,8 +208,12 @@ class ExportModule(tf.Module):
 
     def lookup(self, images, nprobe):
         query = self._embed_pixels(self._decode(images))
-        distances, ids = self.index.search(query, min(self.top_k, self.index.size),
-                                           nprobe=None if self.index.kind == "exact" else nprobe)
+        with tf.control_dependencies([tf.debugging.assert_positive(nprobe, message="nprobe must be >= 1")]):
+            nprobe = tf.identity(nprobe)
+        if self.index.kind == "exact":  # every item is compared; nprobe is only checked
+            query = _after(query, nprobe)
+            nprobe = None
+        distances, ids = self.index.search(query, min(self.top_k, self.index.size), nprobe=nprobe)
         return {"ids": ids, "distances": distances}
 
     # -- SavedModel plumbing --------------------------------------------------------------------
@@ -244,7 +249,7 @@ class ExportModule(tf.Module):
         """{signature: {input: value}} for inputs a request may omit (written into SignatureDef.defaults)."""
         if self.index is None:
             return {}
-        return {"lookup": {"nprobe": np.int32(self.index.config.get("nprobe", 0))}}
+        return {"lookup": {"nprobe": np.int32(self.index.config.get("nprobe", 1))}}
 
     def add_asset(self, path: str):
         """Registers a file as a SavedModel asset (copied to `assets/`, listed in asset_file_def)."""
@@ -255,6 +260,12 @@ class ExportModule(tf.Module):
         method name of `classify_examples` and the default `nprobe` of `lookup`."""
         tf.saved_model.save(self, path, signatures=self.signatures())
         set_signature_metadata(path, {"classify_examples": CLASSIFY_METHOD}, self.signature_defaults())
+
+
+def _after(tensor, dependency):
+    """`tensor`, evaluated only once `dependency` has run (so its checks cannot be pruned)."""
+    with tf.control_dependencies([dependency]):
+        return tf.identity(tensor)
 
 
 def set_signature_metadata(path: str, method_names: dict, defaults: dict):
