@@ -8,6 +8,7 @@ missing. A server that cannot start fails the tests that need it: they never ski
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import pwd
@@ -47,16 +48,18 @@ def _server_user() -> tuple[int, int] | None:
     """(uid, gid) to run the server as, or None to run as the current (non-root) user."""
     if os.geteuid() != 0:
         return None
-    try:
-        entry = pwd.getpwnam(PG_USER)
-    except KeyError:
-        result = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                                 "/usr/sbin/nologin", PG_USER], capture_output=True, text=True)
-        try:  # another pytest-xdist worker may have created it first
+    # pytest-xdist workers start at once: one of them creates the user, under a file lock.
+    with open(f"/tmp/{PG_USER}-useradd.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
             entry = pwd.getpwnam(PG_USER)
         except KeyError:
-            raise RuntimeError(f"cannot create the system user {PG_USER!r} for PostgreSQL: "
-                               f"{result.stderr.strip()}") from None
+            result = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                                     "/usr/sbin/nologin", PG_USER], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"cannot create the system user {PG_USER!r} for PostgreSQL: "
+                                   f"{result.stderr.strip()}")
+            entry = pwd.getpwnam(PG_USER)
     return entry.pw_uid, entry.pw_gid
 
 
@@ -66,7 +69,8 @@ class PostgresServer:
     def __init__(self):
         self.bin = postgres_bin()
         self.user = _server_user()
-        self.root = tempfile.mkdtemp(prefix="finegrain-pg-")
+        # As root, /tmp: the server's user must be able to reach its folder ($TMPDIR may not).
+        self.root = tempfile.mkdtemp(prefix="finegrain-pg-", dir="/tmp" if self.user else None)
         if self.user is not None:
             os.chown(self.root, *self.user)
         self.data = os.path.join(self.root, "data")
@@ -85,7 +89,7 @@ class PostgresServer:
 
     def start(self) -> "PostgresServer":
         self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-sync", "--no-instructions")
+                  "--locale=C", "--no-sync", "--no-instructions")
         for attempt in range(3):  # the free port can be taken between probing and binding
             self.port = free_port()
             options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
