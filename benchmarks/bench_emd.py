@@ -9,7 +9,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from finegrain_tf.analysis.domain_similarity import (
+from finegrain_tf.analysis.emd_similarity import (
     domain_similarity, emd_distance, ground_distance, select_source_classes)
 
 FLAGS = flags.FLAGS

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from finegrain_tf.analysis.granularity import granularity
+from finegrain_tf.analysis.dataset_granularity import granularity
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("n_large", 100_000, "samples for RSM / RankM")

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import granularity_common as common  # noqa: E402
-from finegrain_tf.analysis.domain_similarity import (  # noqa: E402
+from finegrain_tf.analysis.emd_similarity import (  # noqa: E402
     emd_distance, plot_top_classes, select_source_classes)
 from finegrain_tf.analysis.features import class_means_from_features  # noqa: E402
 

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import granularity_common as common  # noqa: E402
-from finegrain_tf.analysis.granularity import granularity  # noqa: E402
+from finegrain_tf.analysis.dataset_granularity import granularity  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/studies/granularity_difficulty", "where PNG + JSON go")

@@ -107,7 +107,7 @@ def cmd_features() -> dict:
 
 
 def cmd_similarity() -> dict:
-    from finegrain_tf.analysis.domain_similarity import emd_distance
+    from finegrain_tf.analysis.emd_similarity import emd_distance
     from finegrain_tf.analysis.features import load_class_means
 
     sm, sc, _ = load_class_means(_require("source"))
@@ -120,7 +120,7 @@ def cmd_similarity() -> dict:
 
 
 def cmd_select() -> dict:
-    from finegrain_tf.analysis.domain_similarity import (
+    from finegrain_tf.analysis.emd_similarity import (
         plot_top_classes, select_source_classes, union_source_classes, write_class_list)
     from finegrain_tf.analysis.features import load_class_means
 
@@ -153,7 +153,7 @@ def cmd_select() -> dict:
 
 def cmd_granularity() -> dict:
     from finegrain_tf.analysis.features import load_features
-    from finegrain_tf.analysis.granularity import granularity
+    from finegrain_tf.analysis.dataset_granularity import granularity
 
     z = load_features(_require("features"))
     values = {m: granularity(z["features"], z["labels"], measure=m, metric=FLAGS.metric)

@@ -1,18 +1,16 @@
 """The finegrain-analyze binary: subcommands called in-process through absl flag parsing."""
 
-import importlib
 import json
 
 import numpy as np
 import pytest
 from absl import app, flags
 
-from finegrain_tf.analysis.domain_similarity import (
+from finegrain_tf.analysis import main as amain
+from finegrain_tf.analysis.dataset_granularity import granularity
+from finegrain_tf.analysis.emd_similarity import (
     domain_similarity, read_class_list, select_source_classes, union_source_classes)
 from finegrain_tf.analysis.features import load_class_means, load_features, save_class_means, save_features
-from finegrain_tf.analysis.granularity import granularity
-
-amain = importlib.import_module("finegrain_tf.analysis.main")
 
 
 def run_cli(argv):

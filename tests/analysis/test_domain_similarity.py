@@ -1,17 +1,16 @@
 """EMD domain similarity and source selection (seed 000 §4.3) against an LP solve and naive loops."""
 
-import importlib
 import math
 
 import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from finegrain_tf.analysis.domain_similarity import (
+from finegrain_tf.analysis.emd_similarity import (
     SourceSelection, domain_similarity, emd_distance, per_class_similarity, plot_top_classes,
     read_class_list, select_source_classes, union_source_classes, write_class_list)
 
-ds = importlib.import_module("finegrain_tf.analysis.domain_similarity")  # the package exports the function
+from finegrain_tf.analysis import emd_similarity as ds  # noqa: E402
 
 
 def lp_emd(s, sc, t, tc):

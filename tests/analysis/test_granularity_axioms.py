@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from finegrain_tf.analysis.granularity import granularity, medoid_indices
+from finegrain_tf.analysis.dataset_granularity import granularity, medoid_indices
 
 AXIOM_MEASURES = ["rs", "rsm", "rank", "rankm"]
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
