@@ -25,6 +25,8 @@ import uuid
 
 from absl import app, flags, logging
 
+from finegrain_tf.utils import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Folder of the rounds' state (created; rerun to resume).")
 flags.DEFINE_string("seed_manifest", None, "S_0: CSV/JSONL manifest of path,label.")
@@ -131,8 +133,7 @@ def main(argv):
 
 
 def run():
-    flags.adopt_module_key_flags(sys.modules[__name__])
-    app.run(main)
+    cli.run(main, __name__)  # --help lists this module's flags and exits 0
 
 
 if __name__ == "__main__":

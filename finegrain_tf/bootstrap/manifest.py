@@ -11,28 +11,14 @@ import csv
 import os
 from typing import Sequence
 
-from finegrain_tf.sampling.hard_negatives import read_rows
-
-_PATH_KEYS = ("path", "image_path", "image", "file")
-_LABEL_KEYS = ("label", "class", "class_name")
+from finegrain_tf.data import manifest
 
 
 def read_manifest(path: str) -> tuple[list, list]:
-    """(paths, labels) of a CSV/JSONL manifest with a path and a label column; relative paths are
-    taken from the manifest's folder."""
-    base = os.path.dirname(os.path.abspath(path))
-    paths, labels = [], []
-    for line, row in read_rows(path):
-        image = next((str(row[k]) for k in _PATH_KEYS if row.get(k) not in (None, "")), None)
-        label = next((str(row[k]) for k in _LABEL_KEYS if row.get(k) not in (None, "")), None)
-        if image is None or label is None:
-            raise ValueError(f"{path}: row {line} needs a path ({list(_PATH_KEYS)}) and a label "
-                             f"({list(_LABEL_KEYS)}): {row!r}")
-        paths.append(image if os.path.isabs(image) else os.path.join(base, image))
-        labels.append(label)
-    if not paths:
-        raise ValueError(f"manifest {path!r} has no rows")
-    return paths, labels
+    """(absolute paths, labels) of a path,label manifest (`finegrain_tf.data.manifest`, the reader
+    finegrain-train uses)."""
+    rows = manifest.read_manifest(path)
+    return list(rows.paths), list(rows.labels)
 
 
 def write_manifest(path: str, paths: Sequence[str], labels: Sequence[str]) -> str:

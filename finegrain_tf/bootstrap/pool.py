@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from finegrain_tf.data.loaders import IMAGE_EXTENSIONS
-from finegrain_tf.sampling.hard_negatives import read_rows
+from finegrain_tf.data.manifest import read_rows
 
 _PATH_KEYS = ("path", "image_path", "image", "file")
 _ID_KEYS = ("id", "item_id", "image_id")
@@ -85,8 +85,6 @@ def pool_from_manifest(path: str, image_root: str = "") -> CandidatePool:
     base = os.path.dirname(os.path.abspath(path))
     ids, paths, labels = [], [], []
     for line, row in rows:
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: row {line} is not an object: {row!r}")
         image, item_id = _pick(row, _PATH_KEYS), _pick(row, _ID_KEYS)
         if image is None and item_id is not None and image_root:
             image = os.path.join(image_root, item_id)

@@ -36,7 +36,8 @@ from absl import logging
 from finegrain_tf.bootstrap import scoring
 from finegrain_tf.bootstrap.manifest import read_manifest, write_manifest
 from finegrain_tf.bootstrap.pool import CandidatePool, load_pool
-from finegrain_tf.sampling.hard_negatives import read_rows, write_hard_negatives
+from finegrain_tf.data.manifest import read_rows
+from finegrain_tf.sampling.hard_negatives import write_hard_negatives
 
 STAGES = ("trained", "scored", "queued", "done")
 STATE = "state.json"

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from typing import Optional, Sequence
 
 import numpy as np
+
+from finegrain_tf.data.manifest import read_rows
 
 _ITEM_KEYS = ("image", "path", "image_path", "id", "image_id", "file")
 _CLASS_KEYS = ("class", "proposed_class", "label", "class_id", "class_name")
@@ -38,31 +39,10 @@ class HardNegatives:
 
 
 def _pick(row: dict, keys, path, line):
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}: row {line} is not an object: {row!r}")
     for k in keys:
         if k in row and row[k] not in (None, ""):
             return row[k]
     raise ValueError(f"{path}: row {line} has none of the columns {list(keys)}: {row!r}")
-
-
-def read_rows(path: str) -> list:
-    """(line number, dict) rows of a CSV file with a header or of a JSONL file."""
-    if not os.path.isfile(path):
-        raise ValueError(f"file not found: {path!r}")
-    rows = []
-    if path.endswith((".jsonl", ".json")):
-        with open(path) as f:
-            for line, text in enumerate(f, 1):
-                if text.strip():
-                    try:
-                        rows.append((line, json.loads(text)))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: line {line} is not valid JSON ({e.msg})") from None
-    else:
-        with open(path, newline="") as f:
-            rows = [(line, row) for line, row in enumerate(csv.DictReader(f), 2)]
-    return rows
 
 
 def load_hard_negatives(path: str, class_names: Optional[Sequence[str]] = None) -> HardNegatives:

@@ -24,7 +24,7 @@ def write(path, text):
     ("colour\nred\n", "nopath.csv", "row 2 has no image path"),
     ("path,label\na.png,rose\nb.png,\n", "partial.csv", "row 3 has no label while other rows have one"),
     ("path\na.png\na.png\n", "dup.csv", "candidate id '.*a.png' appears more than once"),
-    ('{"path": "a.png"}\nnot json\n', "bad.jsonl", "line 2 is not valid JSON"),
+    ('{"path": "a.png"}\nnot json\n', "bad.jsonl", "bad.jsonl:2: not valid JSON"),
 ])
 def test_pool_manifest_rows(tmp_path, content, name, message):
     with pytest.raises(ValueError, match=message):
@@ -74,7 +74,7 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
 
 
 def test_manifests(tmp_path):
-    with pytest.raises(ValueError, match="row 2 needs a path .* and a label"):
+    with pytest.raises(ValueError, match="m.csv:2: a row needs a path .* and a label"):
         read_manifest(write(tmp_path / "m.csv", "path\na.png\n"))
     with pytest.raises(ValueError, match="2 paths but 1 labels"):
         write_manifest(str(tmp_path / "out.csv"), ["a", "b"], ["x"])

@@ -56,8 +56,8 @@ def test_no_triplet_possible():
     ("image,class\nx.jpg,lily\n", ".csv", "row 2: unknown class 'lily'"),
     ("image,class\nx.jpg,7\n", ".csv", "row 2: class 7 out of range"),
     ("file,colour\nx.jpg,red\n", ".csv", "row 2 has none of the columns"),
-    ('{"id": "a", "class": 0}\n{broken\n', ".jsonl", "line 2 is not valid JSON"),
-    ('["a", 0]\n', ".jsonl", "row 1 is not an object"),
+    ('{"id": "a", "class": 0}\n{broken\n', ".jsonl", "hn.jsonl:2: not valid JSON"),
+    ('["a", 0]\n', ".jsonl", "hn.jsonl:1: expected a JSON object"),
 ])
 def test_hard_negative_file_rows(tmp_path, content, suffix, message):
     path = tmp_path / f"hn{suffix}"
