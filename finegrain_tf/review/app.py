@@ -28,7 +28,7 @@ import urllib.parse
 import uuid
 from typing import Optional
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -60,10 +60,6 @@ class HTTPError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
-def _unauthorized(detail: str) -> HTTPError:
-    return HTTPError(401, detail, {"WWW-Authenticate": "Bearer"})
-
-
 class BodySizeLimit:
     """ASGI middleware: 413 for a declared Content-Length over the limit (before reading a byte).
     Streamed bodies without a length are counted by `read_body`."""
@@ -82,6 +78,8 @@ class BodySizeLimit:
         return await self.app(scope, receive, send)
 
 
+# ---- request parsing (every failure is a 400 or 413 naming what was wrong) -----------------------
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -92,19 +90,91 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _csrf(token: str) -> str:
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def json_body(request: Request, max_bytes: int, allowed: set) -> dict:
+    """The body as a JSON object with no keys outside `allowed`."""
+    raw = await read_body(request, max_bytes)
+    if _content_type(request) != "application/json":
+        raise HTTPError(400, "body must be JSON (Content-Type: application/json)")
+    try:
+        body = json.loads(raw)
+    except ValueError as e:  # UnicodeDecodeError included
+        raise HTTPError(400, f"malformed JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, f"body must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise HTTPError(400, f"unknown field(s) {unknown}; expected {sorted(allowed)}")
+    return body
+
+
+async def form_body(request: Request, max_bytes: int) -> dict:
+    raw = await read_body(request, max_bytes)
+    if _content_type(request) != "application/x-www-form-urlencoded":
+        raise HTTPError(400, "expected a form (application/x-www-form-urlencoded)")
+    try:
+        return dict(urllib.parse.parse_qsl(raw.decode("utf-8"), strict_parsing=bool(raw)))
+    except ValueError as e:
+        raise HTTPError(400, f"malformed form: {e}") from None
+
+
+def string_field(body: dict, key: str, required: bool = True) -> Optional[str]:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise HTTPError(400, f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def small_int(raw: str) -> Optional[int]:
+    """A parameter of ASCII digits as an int, else None ("²".isdigit() is True, int("²") fails)."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else None
+
+
+def bearer_token(request: Request) -> str:
+    """The request's token: `Authorization: Bearer`, else the page's cookie (not yet checked)."""
+    header = request.headers.get("authorization")
+    if header is None:
+        token = request.cookies.get(COOKIE)
+        if not token:
+            raise HTTPError(401, "missing token: send Authorization: Bearer <token>",
+                            {"WWW-Authenticate": "Bearer"})
+        return token
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPError(401, "Authorization must be 'Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+def csrf_value(token: str) -> str:
     """The page forms' anti-forgery value: derived from the labeler's token, which other sites
     cannot read."""
     return hashlib.sha256(b"finegrain-review-csrf:" + token.encode()).hexdigest()[:32]
 
 
-def _small_int(raw: str) -> Optional[int]:
-    """A query or path parameter of ASCII digits as an int (None otherwise: "²".isdigit() is True)."""
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else None
+# ---- responses ---------------------------------------------------------------------------------
 
-
-def _item_url(item_id: str, *rest: str) -> str:
+def item_url(item_id: str, *rest: str) -> str:
     return "/api/items/" + "/".join([urllib.parse.quote(item_id, safe="")] + list(rest))
+
+
+def image_response(path: str, image_root: str) -> Response:
+    """The image file at `path` (a path from the store, never from the request)."""
+    path = path if os.path.isabs(path) else os.path.join(image_root, path)
+    if not os.path.isfile(path):
+        raise HTTPError(404, "image file missing")
+    media_type, _ = mimetypes.guess_type(path)
+    if not (media_type or "").startswith("image/"):
+        media_type = "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+NOTICES = {"conflict": "That item was already judged by enough labelers; here is the next one.",
+           "nothing": "Nothing to undo.", "undone": "Verdict withdrawn: judge this card again."}
 
 
 def create_app(store: LabelStore, image_root: Optional[str] = None,
@@ -117,37 +187,31 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
     app.mount("/static", StaticFiles(directory=os.path.join(_HERE, "static")), name="static")
     templates = Jinja2Templates(directory=os.path.join(_HERE, "templates"))  # autoescapes .html
 
-    # ---- errors: JSON for the API, a page for people ------------------------------------------
+    # ---- errors: JSON for the API, the sign-in page for a person without a valid token ----------
 
     def error_response(request: Request, status: int, detail: str, headers=None) -> Response:
-        if request.url.path.startswith("/api/") or status != 401:
-            return JSONResponse({"detail": detail}, status, headers=headers)
-        page = templates.TemplateResponse(request, "login.html", {"error": detail}, status_code=401)
-        return page
+        if status == 401 and not request.url.path.startswith("/api/"):
+            return templates.TemplateResponse(request, "login.html", {"error": detail},
+                                              status_code=401)
+        return JSONResponse({"detail": detail}, status, headers=headers)
+
+    store_errors = {AuthError: 401, UnknownItem: 404, NothingToUndo: 404, Conflict: 409}
+    for error_type, status in store_errors.items():
+        def handler(request: Request, exc: Exception, status=status):
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return error_response(request, status, exc.args[0] if exc.args else str(exc), headers)
+        app.add_exception_handler(error_type, handler)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError):
         return error_response(request, exc.status, exc.detail, exc.headers)
 
-    @app.exception_handler(AuthError)
-    async def _auth_error(request: Request, exc: AuthError):
-        return error_response(request, 401, str(exc), {"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(UnknownItem)
-    @app.exception_handler(NothingToUndo)
-    async def _not_found(request: Request, exc: LookupError):
-        return error_response(request, 404, exc.args[0] if exc.args else "not found")
-
-    @app.exception_handler(Conflict)
-    async def _conflict(request: Request, exc: Conflict):
-        return error_response(request, 409, str(exc))
-
-    @app.exception_handler(RequestValidationError)
+    @app.exception_handler(RequestValidationError)  # FastAPI would answer 422
     async def _invalid(request: Request, exc: RequestValidationError):
         return error_response(request, 400, "malformed request: " + "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()))
 
-    @app.exception_handler(StarletteHTTPException)
+    @app.exception_handler(StarletteHTTPException)  # unknown routes, wrong methods
     async def _starlette_error(request: Request, exc: StarletteHTTPException):
         return error_response(request, exc.status_code, str(exc.detail), exc.headers)
 
@@ -158,51 +222,18 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
             response.headers.setdefault(key, value)
         return response
 
-    # ---- authentication ------------------------------------------------------------------------
-
-    def token_of(request: Request) -> str:
-        """The request's token (Bearer header, else the page cookie) once the store knows it."""
-        header = request.headers.get("authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise _unauthorized("Authorization must be 'Bearer <token>'")
-            token = token.strip()
-        else:
-            token = request.cookies.get(COOKIE)
-            if not token:
-                raise _unauthorized("missing token: send Authorization: Bearer <token>")
-        return token
-
-    async def authenticate(request: Request) -> str:
-        token = token_of(request)
-        await run_in_threadpool(store.labeler_name, token)  # AuthError -> 401
-        return token
-
-    async def json_body(request: Request) -> dict:
-        raw = await read_body(request, max_body_bytes)
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise HTTPError(400, "body must be JSON (Content-Type: application/json)")
+    async def call(method, *args):
+        """A (blocking) store call on the thread pool; its ValueErrors are the client's (400)."""
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise HTTPError(400, f"malformed JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, f"body must be a JSON object, got {type(body).__name__}")
-        return body
+            return await run_in_threadpool(method, *args)
+        except ValueError as e:
+            raise HTTPError(400, str(e)) from None
 
-    def field(body: dict, key: str, required: bool = True) -> Optional[str]:
-        value = body.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value:
-            raise HTTPError(400, f"{key} must be a non-empty string, got {value!r}")
-        return value
-
-    def check_keys(body: dict, allowed: set) -> None:
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise HTTPError(400, f"unknown field(s) {unknown}; expected {sorted(allowed)}")
+    async def labeler(request: Request) -> str:
+        """Dependency of every route but sign-in: the token, once the store knows it (else 401)."""
+        token = bearer_token(request)
+        await call(store.labeler_name, token)
+        return token
 
     # ---- API -------------------------------------------------------------------------------------
 
@@ -212,79 +243,58 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
                 "round": item["round"], "score": item["score"], "judgements": item["judgements"],
                 "lease_expires": item["lease_expires"], "definition": info["definition"],
                 "file_name": os.path.basename(item["image_path"]),
-                "image_url": _item_url(item["item_id"], "image"),
-                "exemplar_urls": [_item_url(item["item_id"], "exemplars", str(n))
+                "image_url": item_url(item["item_id"], "image"),
+                "exemplar_urls": [item_url(item["item_id"], "exemplars", str(n))
                                   for n in range(len(info["exemplars"]))]}
 
     @app.get("/api/queue")
-    async def api_queue(request: Request):
-        token = await authenticate(request)
+    async def api_queue(request: Request, token: str = Depends(labeler)):
         raw = request.query_params.get("limit", "10")
-        limit = _small_int(raw)
+        limit = small_int(raw)
         if limit is None or not 1 <= limit <= MAX_QUEUE_LIMIT:
             raise HTTPError(400, f"limit must be an integer in [1, {MAX_QUEUE_LIMIT}], got {raw!r}")
-        leased = await run_in_threadpool(store.lease, token, limit)
-        return {"items": await run_in_threadpool(lambda: [card_fields(i) for i in leased])}
+        leased = await call(store.lease, token, limit)
+        return {"items": await call(lambda: [card_fields(i) for i in leased])}
 
     @app.post("/api/verdicts")
-    async def api_verdicts(request: Request):
-        token = await authenticate(request)
-        body = await json_body(request)
-        check_keys(body, {"item_id", "verdict", "request_id"})
-        item_id, request_id = field(body, "item_id"), field(body, "request_id")
+    async def api_verdicts(request: Request, token: str = Depends(labeler)):
+        body = await json_body(request, max_body_bytes, {"item_id", "verdict", "request_id"})
+        item_id, request_id = string_field(body, "item_id"), string_field(body, "request_id")
         verdict = body.get("verdict")
         if verdict not in VERDICTS:
             raise HTTPError(400, f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-        try:
-            return await run_in_threadpool(store.record_verdict, token, item_id, verdict, request_id)
-        except ValueError as e:  # e.g. an over-long request_id
-            raise HTTPError(400, str(e)) from None
+        return await call(store.record_verdict, token, item_id, verdict, request_id)
 
     @app.post("/api/undo")
-    async def api_undo(request: Request):
-        token = await authenticate(request)
-        body = await json_body(request)
-        check_keys(body, {"item_id"})
-        try:
-            return await run_in_threadpool(store.undo, token, field(body, "item_id", required=False))
-        except ValueError as e:  # e.g. an item_id no database could hold
-            raise HTTPError(400, str(e)) from None
+    async def api_undo(request: Request, token: str = Depends(labeler)):
+        body = await json_body(request, max_body_bytes, {"item_id"})
+        return await call(store.undo, token, string_field(body, "item_id", required=False))
 
     @app.get("/api/stats")
-    async def api_stats(request: Request):
-        token = await authenticate(request)
-        return await run_in_threadpool(store.stats, token)
+    async def api_stats(token: str = Depends(labeler)):
+        return await call(store.stats, token)
 
-    def image_response(path: str) -> Response:
-        path = path if os.path.isabs(path) else os.path.join(image_root, path)
-        if not os.path.isfile(path):
-            raise HTTPError(404, "image file missing")
-        media_type, _ = mimetypes.guess_type(path)
-        if not (media_type or "").startswith("image/"):
-            media_type = "application/octet-stream"
-        return FileResponse(path, media_type=media_type,
-                            headers={"Cache-Control": "private, max-age=3600"})
+    @app.get("/api/items/{item_id:path}/image", dependencies=[Depends(labeler)])
+    async def api_image(item_id: str):
+        item = await call(store.item, item_id)
+        return image_response(item["image_path"], image_root)
 
-    @app.get("/api/items/{item_id:path}/image")
-    async def api_image(request: Request, item_id: str):
-        await authenticate(request)
-        item = await run_in_threadpool(store.item, item_id)
-        return image_response(item["image_path"])
-
-    @app.get("/api/items/{item_id:path}/exemplars/{index}")
-    async def api_exemplar(request: Request, item_id: str, index: str):
-        await authenticate(request)
-        item = await run_in_threadpool(store.item, item_id)
-        exemplars = (await run_in_threadpool(store.class_info, item["proposed_class"]))["exemplars"]
-        number = _small_int(index)
+    @app.get("/api/items/{item_id:path}/exemplars/{index}", dependencies=[Depends(labeler)])
+    async def api_exemplar(item_id: str, index: str):
+        item = await call(store.item, item_id)
+        exemplars = (await call(store.class_info, item["proposed_class"]))["exemplars"]
+        number = small_int(index)
         if number is None or number >= len(exemplars):
             raise HTTPError(404, f"class of item {item_id!r} has {len(exemplars)} exemplar(s), "
                                  f"no {index!r}")
-        return image_response(exemplars[number])
+        return image_response(exemplars[number], image_root)
 
     # ---- pages -----------------------------------------------------------------------------------
 
-    def set_cookie(response: Response, request: Request, token: str) -> Response:
+    async def sign_in(request: Request, token: str) -> Response:
+        await call(store.labeler_name, token)  # AuthError: the sign-in page again, with a 401
+        # Redirect, so the token leaves the address bar and the history entry.
+        response = RedirectResponse("/review", 303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
         return response
@@ -300,89 +310,65 @@ def create_app(store: LabelStore, image_root: Optional[str] = None,
         token = request.query_params.get("token")
         if not token:
             return templates.TemplateResponse(request, "login.html", {"error": None})
-        await run_in_threadpool(store.labeler_name, token)
-        # Redirect so the token leaves the address bar (and the history entry).
-        return set_cookie(RedirectResponse("/review", 303), request, token)
+        return await sign_in(request, token)
 
     @app.post("/login")
     async def login_post(request: Request):
-        form = await form_body(request)
-        token = form.get("token", "")
-        await run_in_threadpool(store.labeler_name, token)
-        return set_cookie(RedirectResponse("/review", 303), request, token)
+        form = await form_body(request, max_body_bytes)
+        return await sign_in(request, form.get("token", ""))
 
     @app.post("/logout")
-    async def logout(request: Request):
+    async def logout():
         response = RedirectResponse("/", 303)
         response.delete_cookie(COOKIE, path="/")
         return response
 
-    async def form_body(request: Request) -> dict:
-        raw = await read_body(request, max_body_bytes)
-        if request.headers.get("content-type", "").split(";")[0].strip() != \
-                "application/x-www-form-urlencoded":
-            raise HTTPError(400, "expected a form (application/x-www-form-urlencoded)")
-        try:
-            pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), strict_parsing=bool(raw))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise HTTPError(400, f"malformed form: {e}") from None
-        return dict(pairs)
-
-    async def page_form(request: Request) -> tuple[str, dict]:
-        token = await authenticate(request)
-        form = await form_body(request)
-        if not hmac.compare_digest(form.get("csrf", ""), _csrf(token)):
+    async def page_form(request: Request, token: str) -> dict:
+        form = await form_body(request, max_body_bytes)
+        if not hmac.compare_digest(form.get("csrf", ""), csrf_value(token)):
             raise HTTPError(400, "stale or forged form: reload the page")
-        return token, form
-
-    NOTICES = {"conflict": "That item was already judged by enough labelers; here is the next one.",
-               "nothing": "Nothing to undo.", "undone": "Verdict withdrawn: judge this card again."}
+        return form
 
     @app.get("/review")
-    async def review_page(request: Request):
-        token = await authenticate(request)
-        leased = await run_in_threadpool(store.lease, token, CARD_LEASE)
+    async def review_page(request: Request, token: str = Depends(labeler)):
+        leased = await call(store.lease, token, CARD_LEASE)
         wanted = request.query_params.get("item")
         card = next((i for i in leased if i["item_id"] == wanted), leased[0] if leased else None)
-        progress = await run_in_threadpool(store.progress, token,
-                                           card["proposed_class"] if card else None)
+        progress = await call(store.progress, token, card["proposed_class"] if card else None)
         context = {"me": progress["me"], "total": progress["all"], "card": None,
-                   "csrf": _csrf(token), "notice": NOTICES.get(request.query_params.get("notice", ""))}
+                   "csrf": csrf_value(token),
+                   "notice": NOTICES.get(request.query_params.get("notice", ""))}
         if card is not None:
-            context["card"] = await run_in_threadpool(card_fields, card)
+            context["card"] = await call(card_fields, card)
             context["class_progress"] = progress["class"]
             context["request_id"] = uuid.uuid4().hex  # one per rendered card: resubmits replay
         return templates.TemplateResponse(request, "review.html", context)
 
     @app.post("/review/verdict")
-    async def review_verdict(request: Request):
-        token, form = await page_form(request)
+    async def review_verdict(request: Request, token: str = Depends(labeler)):
+        form = await page_form(request, token)
         verdict = form.get("verdict")
         if verdict not in VERDICTS or not form.get("item_id") or not form.get("request_id"):
             raise HTTPError(400, "form needs item_id, request_id and a verdict of yes/no/skip")
         try:
-            await run_in_threadpool(store.record_verdict, token, form["item_id"], verdict,
-                                    form["request_id"])
+            await call(store.record_verdict, token, form["item_id"], verdict, form["request_id"])
         except Conflict:
             return RedirectResponse("/review?notice=conflict", 303)
-        except ValueError as e:
-            raise HTTPError(400, str(e)) from None
         return RedirectResponse("/review", 303)
 
     @app.post("/review/undo")
-    async def review_undo(request: Request):
-        token, _form = await page_form(request)
+    async def review_undo(request: Request, token: str = Depends(labeler)):
+        await page_form(request, token)
         try:
-            undone = await run_in_threadpool(store.undo, token)
+            undone = await call(store.undo, token)
         except NothingToUndo:
             return RedirectResponse("/review?notice=nothing", 303)
         query = urllib.parse.urlencode({"item": undone["item_id"], "notice": "undone"})
         return RedirectResponse(f"/review?{query}", 303)
 
     @app.get("/stats")
-    async def stats_page(request: Request):
-        token = await authenticate(request)
-        stats = await run_in_threadpool(store.stats, token)
+    async def stats_page(request: Request, token: str = Depends(labeler)):
+        stats = await call(store.stats, token)
         return templates.TemplateResponse(request, "stats.html", {"stats": stats})
 
     return app
