@@ -25,8 +25,9 @@ class AnchorSoftVote(keras.layers.Layer):
       anchors_per_class: K (seed: 3).
       gamma: softness of eq 2.3 (seed: 5).
       output_mode: "probabilities" (p_i of eq 2.3, default), "log_probabilities" (log p_i) or "logits"
-        (s_i = logsumexp_j(-gamma d_ij); softmax(s) = p). Use "log_probabilities" or "logits" with
-        `AnchorVoteLoss(from_logits=True)` for a loss that stays finite at large gamma.
+        (s_i = logsumexp_j(-gamma d_ij); softmax(s) = p). Train with "log_probabilities" or "logits"
+        and `AnchorVoteLoss()` (from_logits=True, its default) for a loss that stays finite at
+        large gamma; `AnchorVoteLoss` refuses probabilities given as logits and vice versa.
 
     The anchors u_ij are the weight "anchors" of shape [N, K, D]; set them with `set_anchors`
     (e.g. from `kmeans_anchors`) or learn them jointly with the network (eq 2.5).
@@ -39,8 +40,9 @@ class AnchorSoftVote(keras.layers.Layer):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not isinstance(anchors_per_class, (int, np.integer)) or anchors_per_class < 1:
             raise ValueError(f"anchors_per_class must be a positive int, got {anchors_per_class!r}")
-        if not gamma > 0:
-            raise ValueError(f"gamma must be > 0, got {gamma!r}")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(gamma) or not gamma > 0:
+            raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
         if output_mode not in OUTPUTS:
             raise ValueError(f"output_mode={output_mode!r} is not one of {list(OUTPUTS)}")
         self.num_classes = int(num_classes)

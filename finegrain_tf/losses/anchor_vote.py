@@ -19,13 +19,44 @@ import keras
 import tensorflow as tf
 
 from finegrain_tf.losses.metric import TripletLoss
+from finegrain_tf.ops.xla import in_xla_context
+
+
+def _refuse_mismatched_outputs(z, from_logits: bool):
+    """Refuses AnchorSoftVote probabilities given as logits and vice versa (defaults that disagree
+    used to train silently worse): a ValueError eagerly, an assertion in a graph, NaN under XLA.
+
+    With from_logits=True a batch whose every row is a probability vector (entries in [0, 1]
+    summing to 1) is refused (logits / log-probabilities essentially never are); with
+    from_logits=False any entry outside [0, 1] is.
+    """
+    in_unit = tf.logical_and(z >= 0.0, z <= 1.0)
+    if from_logits:
+        simplex = tf.logical_and(tf.reduce_all(in_unit, -1),
+                                 tf.abs(tf.reduce_sum(z, -1) - 1.0) < 1e-4)
+        bad = tf.logical_and(tf.reduce_all(simplex), tf.shape(z)[-1] > 1)
+        message = ("AnchorVoteLoss(from_logits=True) received probabilities (every row sums to 1): use "
+                   "AnchorSoftVote(output_mode='logits' or 'log_probabilities'), or from_logits=False")
+    else:
+        bad = tf.logical_not(tf.reduce_all(in_unit))
+        message = ("AnchorVoteLoss(from_logits=False) received values outside [0, 1]: use "
+                   "AnchorSoftVote(output_mode='probabilities') or from_logits=True")
+    if tf.executing_eagerly():
+        if bool(bad):
+            raise ValueError(message)
+        return z
+    if in_xla_context():  # assertions compile to no-ops: make the mismatch visible as NaN
+        return tf.where(bad, tf.constant(float("nan"), z.dtype), z)
+    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(bad), [message])]):
+        return tf.identity(z)
 
 
 def anchor_vote_loss(y_true, y_pred, from_logits: bool = True) -> tf.Tensor:
     """Per-example -log p_y [B]. from_logits: y_pred are AnchorSoftVote "logits"/"log_probabilities"
-    (log p up to a per-row constant); otherwise probabilities p (clipped at 1e-38 before the log)."""
+    (log p up to a per-row constant); otherwise probabilities p (clipped at 1e-38 before the log).
+    A mismatch between `from_logits` and what y_pred holds is refused (`_refuse_mismatched_outputs`)."""
     y = tf.reshape(tf.cast(tf.round(tf.cast(y_true, tf.float32)), tf.int32), [-1])
-    z = tf.cast(y_pred, tf.float32)
+    z = _refuse_mismatched_outputs(tf.cast(y_pred, tf.float32), from_logits)
     if from_logits:
         logp = tf.nn.log_softmax(z, axis=-1)
     else:

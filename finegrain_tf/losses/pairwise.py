@@ -14,8 +14,27 @@ import keras
 import tensorflow as tf
 
 from finegrain_tf.losses.metric import safe_sqrt
+from finegrain_tf.ops.xla import in_xla_context
 
 FORMULATIONS = ("hadsell", "thesis")
+
+
+def _pair_labels(y_true):
+    """Float {0, 1} pair labels [B]; anything else is refused (a label of 2 or -1 would silently give
+    a wrong or negative loss): ValueError eagerly, an assertion in a graph, NaN under XLA."""
+    y = tf.cast(tf.reshape(y_true, [-1]), tf.float32)
+    binary = tf.logical_or(tf.equal(y, 0.0), tf.equal(y, 1.0))
+    if tf.executing_eagerly():
+        bad = y.numpy()[~binary.numpy()]
+        if bad.size:
+            raise ValueError(f"pair labels must be 0 (dissimilar) or 1 (similar), got {float(bad[0])!r}")
+        return y
+    if in_xla_context():
+        return tf.where(binary, y, tf.constant(float("nan"), y.dtype))
+    check = tf.debugging.Assert(tf.reduce_all(binary),
+                                ["pair labels must be 0 (dissimilar) or 1 (similar), got", y], summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.identity(y)
 
 
 def contrastive_loss(y_true, y_pred, margin: float = 1.0, formulation: str = "hadsell") -> tf.Tensor:
@@ -23,9 +42,10 @@ def contrastive_loss(y_true, y_pred, margin: float = 1.0, formulation: str = "ha
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r} is not one of {list(FORMULATIONS)}")
     x = tf.cast(y_pred, tf.float32)
-    if x.shape.rank is not None and x.shape.rank != 3:
-        raise ValueError(f"y_pred must have shape [B, 2, D], got rank {x.shape.rank} ({x.shape})")
-    y = tf.cast(tf.reshape(y_true, [-1]), tf.float32)
+    if x.shape.rank is not None and (x.shape.rank != 3 or x.shape[1] not in (2, None)):
+        raise ValueError(f"y_pred must have shape [B, 2, D] (the two embeddings of each pair), got "
+                         f"rank {x.shape.rank} shape {tuple(x.shape)}")
+    y = _pair_labels(y_true)
     sq = tf.reduce_sum(tf.square(x[:, 0] - x[:, 1]), axis=-1)
     margin = tf.cast(margin, tf.float32)
     if formulation == "hadsell":
