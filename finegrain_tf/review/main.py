@@ -2,7 +2,7 @@
 
     finegrain-review add-labeler NAME --db URL        prints the new labeler's token (once)
     finegrain-review serve --db URL --host H --port P [--image_root DIR]
-    finegrain-review import-classes FILE --db URL     class definitions and exemplars (JSON/YAML)
+    finegrain-review import-classes FILE --db URL     class definitions and exemplars (CSV/JSONL/YAML)
     finegrain-review stats --db URL                   progress and agreement as JSON
 
 URL is sqlite:///path/labels.db (default ./labels.db) or postgresql://user@host/db.
@@ -30,30 +30,47 @@ def _open_store(url: str):
     return store
 
 
-def read_class_file(path: str) -> dict:
-    """{class name: {"definition": str, "exemplars": [paths]}} from a JSON or YAML mapping.
-    Relative exemplar paths resolve against the file's folder."""
+def _class_entries(path: str):
+    """(name, definition, exemplars) from the file: a CSV or JSONL of rows with `class`,
+    `definition` and optional `exemplars` (";"-separated in CSV) -- the format finegrain-bootstrap's
+    --class_definitions reads -- or a JSON/YAML mapping {class: text | {definition, exemplars}}."""
+    import csv
+
     import yaml  # a superset of JSON
 
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of class name to "
-                         f"{{definition, exemplars}}, got {type(data).__name__}")
-    folder = os.path.dirname(os.path.abspath(path))
-    classes = {}
-    for name, entry in data.items():
-        entry = {"definition": entry} if isinstance(entry, str) else entry
-        if not isinstance(entry, dict) or set(entry) - {"definition", "exemplars"}:
-            raise ValueError(f"{path}: class {name!r} needs a definition string or a mapping with "
-                             f"only 'definition' and 'exemplars', got {entry!r}")
-        exemplars = entry.get("exemplars") or []
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.endswith(".csv"):
+            rows = list(csv.DictReader(f))
+        elif path.endswith(".jsonl"):
+            rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            data = yaml.safe_load(f)
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a mapping of class name to "
+                                 f"{{definition, exemplars}}, got {type(data).__name__}")
+            rows = [{"class": name, **({"definition": entry} if isinstance(entry, str) else entry)}
+                    if isinstance(entry, (str, dict)) else entry for name, entry in data.items()]
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not row.get("class") or set(row) - {"class", "definition",
+                                                                            "exemplars"}:
+            raise ValueError(f"{path}: entry {number} needs a class and only definition / "
+                             f"exemplars besides, got {row!r}")
+        exemplars = row.get("exemplars") or []
+        if isinstance(exemplars, str):
+            exemplars = [p.strip() for p in exemplars.split(";") if p.strip()]
         if not isinstance(exemplars, list):
-            raise ValueError(f"{path}: exemplars of class {name!r} must be a list, got {exemplars!r}")
-        classes[str(name)] = {
-            "definition": str(entry.get("definition") or ""),
-            "exemplars": [p if os.path.isabs(p) else os.path.join(folder, p) for p in map(str, exemplars)]}
-    return classes
+            raise ValueError(f"{path}: exemplars of class {row['class']!r} must be a list, "
+                             f"got {exemplars!r}")
+        yield str(row["class"]), str(row.get("definition") or ""), [str(p) for p in exemplars]
+
+
+def read_class_file(path: str) -> dict:
+    """{class name: {"definition": str, "exemplars": [paths]}}; relative exemplar paths resolve
+    against the file's folder. Formats: see `_class_entries`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return {name: {"definition": definition,
+                   "exemplars": [p if os.path.isabs(p) else os.path.join(folder, p) for p in exemplars]}
+            for name, definition, exemplars in _class_entries(path)}
 
 
 class RedactTokens(logging.Filter):
@@ -124,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info",
                                                                "debug"])
     imp = command("import-classes", _import_classes,
-                  "load class definitions and exemplar images from a JSON/YAML file "
-                  "({class: {definition: text, exemplars: [paths]}})")
+                  "load class definitions and exemplar images: a CSV/JSONL with class, definition "
+                  "(and exemplars) columns, or a JSON/YAML mapping {class: {definition, exemplars}}")
     imp.add_argument("file", help="the class-definitions file")
     command("stats", _stats, "print progress and agreement statistics as JSON")
     return parser

@@ -173,6 +173,14 @@ def test_cli(tmp_path):
     assert imported.returncode == 0 and "imported 2 classes" in imported.stdout
     assert LabelStore(url).class_info("rose") == {
         "name": "rose", "definition": "Thorny.", "exemplars": [str(tmp_path / "ex" / "a.png")]}
+    rows = tmp_path / "classes.csv"  # finegrain-bootstrap's --class_definitions format
+    rows.write_text("class,definition,exemplars\nlily,Six tepals.,/ex/l1.png;/ex/l2.png\n")
+    assert run_cli("import-classes", str(rows), "--db", url).returncode == 0
+    assert LabelStore(url).class_info("lily")["exemplars"] == ["/ex/l1.png", "/ex/l2.png"]
+    lines = tmp_path / "classes.jsonl"
+    lines.write_text('{"class": "iris", "definition": "Three falls."}\n')
+    assert run_cli("import-classes", str(lines), "--db", url).returncode == 0
+    assert LabelStore(url).class_info("iris")["definition"] == "Three falls."
     stats = run_cli("stats", "--db", url)
     assert json.loads(stats.stdout)["items"] == 0
 
@@ -183,10 +191,16 @@ def test_cli(tmp_path):
     (("serve", "--db", "sqlite:///{tmp}/a.db", "--port", "0"), "--port must be in 1..65535, got 0"),
     (("serve", "--db", "sqlite:///{tmp}/a.db", "--image_root", "/no/such/dir"), "is not a folder"),
     (("import-classes", "/no/such.yaml", "--db", "sqlite:///{tmp}/a.db"), "No such file"),
+    (("import-classes", "{tmp}/list.yaml", "--db", "sqlite:///{tmp}/a.db"),
+     "expected a mapping of class name"),
+    (("import-classes", "{tmp}/extra.csv", "--db", "sqlite:///{tmp}/a.db"),
+     "entry 1 needs a class and only definition / exemplars"),
     (("stats", "--db", "postgresql://nobody@127.0.0.1:1/none"), "error:"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
+    (tmp_path / "list.yaml").write_text("- rose\n- tulip\n")
+    (tmp_path / "extra.csv").write_text("class,definition,colour\nrose,Thorny.,red\n")
     result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
