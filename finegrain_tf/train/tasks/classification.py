@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from finegrain_tf.data import preprocessing, synthetic
+from finegrain_tf.data import preprocessing
 from finegrain_tf.data.pipeline import build_datasets
 from finegrain_tf.losses import hard_negative
 from finegrain_tf.models.heads import build_classifier, classifier_kwargs_from_config
@@ -65,30 +65,10 @@ class ClassificationTask(Task):
     def _hard_negative_examples(self, info):
         """(float32 centre crops [H, S, S, 3], HNS/HNM labels [H]) of data.hard_negatives."""
         data_cfg = self.cfg.data
-        if data_cfg.hard_negatives == "simulated":
-            if data_cfg.name != "synthetic" or data_cfg.class_filter:
-                raise ValueError("data.hard_negatives='simulated' needs data.name='synthetic' without "
-                                 "a data.class_filter")
-            data = synthetic.generate_from_config(data_cfg.synthetic)
-            found = hn_files.sibling_hard_negatives(data.labels["val"], data.superclass_of,
-                                                    split="val", seed=data_cfg.seed)
-        else:
-            found = hn_files.load_hard_negatives(data_cfg.hard_negatives, info.class_names)
-        if not len(found):
-            raise ValueError(f"data.hard_negatives={data_cfg.hard_negatives!r} has no hard negative")
-        images = []
-        for item in found.items:
-            parsed = hn_files.parse_synthetic_id(item)
-            if parsed:
-                data = synthetic.generate_from_config(data_cfg.synthetic)
-                split, index = parsed
-                if split not in data.images or index >= len(data.images[split]):
-                    raise ValueError(f"hard negative {item!r} is not an image of the synthetic data")
-                image = data.images[split][index]
-            else:
-                image = preprocessing.decode_image(tf.io.read_file(item))
-            images.append(preprocessing.preprocess_eval(image, data_cfg.image_size,
-                                                        data_cfg.resize_size).numpy())
+        found, sources = hn_files.resolve_hard_negatives(data_cfg, info.class_names)
+        images = [preprocessing.preprocess_eval(
+            preprocessing.decode_image(tf.io.read_file(src)) if isinstance(src, str) else src,
+            data_cfg.image_size, data_cfg.resize_size).numpy() for src in sources]
         labels = hard_negative.hard_negative_labels(found.classes, info.num_classes,
                                                     self.cfg.loss.name)
         return np.stack(images), labels
