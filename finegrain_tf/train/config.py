@@ -347,10 +347,13 @@ class SamplerConfig(Section):
     triplets_per_anchor: int = 1  # positives drawn per training image at each refresh
     filter_human_negatives: bool = False  # human hard negatives must violate the margin too
     embed_batch_size: int = 256  # images per batch of the refresh's embedding pass
+    batchnorm_images: int = 1024  # train images re-estimating batch-norm statistics before each refresh
+    # and evaluation ("precise BN"; 0 = keep the moving averages of training)
 
     def validate(self):
         from finegrain_tf.sampling.triplets import NEGATIVE_MODES
         self._positive("refresh_every", "triplets_per_anchor", "embed_batch_size")
+        self._non_negative("batchnorm_images")
         self._check(0 < self.positive_fraction <= 1, "positive_fraction", "must be in (0, 1]")
         self._choice("negatives", NEGATIVE_MODES)
 

@@ -117,3 +117,22 @@ def test_task_rejects_settings_that_do_not_apply(override, message):
                                                 ["loss.triplet_weight=0.1"]))
     with pytest.raises(ValueError, match=message):
         get_task(cfg)
+
+
+def test_batchnorm_statistics_are_reestimated_on_training_images():
+    task, ds, model = built(toy("loss.triplet_weight=0.1", "sampler.batchnorm_images=8",
+                                "sampler.embed_batch_size=4"))
+    assert task._recalibrate_batchnorm(model) == 8
+    # reference: the first BN layer's input on the same 8 images, statistics averaged over 2 chunks
+    chosen = np.sort(np.random.default_rng(task.cfg.train.seed).choice(task.pool.num_train, 8, replace=False))
+    backbone = model.get_layer("small_cnn")
+    conv = keras.Model(backbone.input, backbone.get_layer("conv0_0").output)
+    x = np.stack([preprocessing.preprocess_eval(task.pool.items[i], 32).numpy() for i in chosen])
+    feats = np.asarray(conv(x, training=False), np.float64)
+    chunks = [feats[:4], feats[4:]]
+    mean = np.mean([c.mean(axis=(0, 1, 2)) for c in chunks], axis=0)
+    var = np.mean([c.var(axis=(0, 1, 2)) for c in chunks], axis=0)
+    bn = backbone.get_layer("bn0_0")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-3, atol=1e-5)
+    assert bn.momentum == 0.99  # restored

@@ -85,6 +85,14 @@ class _Pool:
         return lambda j: preprocessing.decode_image(tf.io.read_file(tf.gather(items, j)))
 
 
+def _all_layers(model):
+    """Every layer of `model`, nested models included."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
 @register_task("metric")
 class MetricTask(ClassificationTask):
     """Triplet metric learning with anchor soft voting (Triplet-Naive / HN / M / A / A+HN)."""
@@ -212,6 +220,32 @@ class MetricTask(ClassificationTask):
                for x in ds.batch(self.cfg.sampler.embed_batch_size).prefetch(1)]
         return np.concatenate(out)
 
+    def _recalibrate_batchnorm(self, model) -> int:
+        """Re-estimates every batch-norm layer's moving mean / variance on up to
+        `sampler.batchnorm_images` training images (eval preprocessing, chunks of embed_batch_size,
+        averaged), as "precise BN" does. The small triplet batches move the moving statistics too
+        slowly on a small set, and the refresh embeddings and the evaluation run in inference mode.
+        Returns the number of images used."""
+        layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+        n = min(self.cfg.sampler.batchnorm_images, self.pool.num_train)
+        if not layers or n == 0:
+            return 0
+        rng = np.random.default_rng(self.cfg.train.seed + self.sampler.rounds)
+        chosen = np.sort(rng.choice(self.pool.num_train, size=n, replace=False))
+        load, size, resize = self.pool.load_fn(), self.cfg.data.image_size, self.cfg.data.resize_size
+        ds = tf.data.Dataset.from_tensor_slices(chosen).map(
+            lambda j: preprocessing.preprocess_eval(load(j), size, resize)).batch(self.cfg.sampler.embed_batch_size)
+        saved = [layer.momentum for layer in layers]
+        try:
+            for k, images in enumerate(ds):
+                for layer in layers:  # running average over the chunks: chunk k weighs 1 / (k + 1)
+                    layer.momentum = k / (k + 1.0)
+                model(images, training=True)
+        finally:
+            for layer, momentum in zip(layers, saved):
+                layer.momentum = momentum
+        return n
+
     def _fit_anchors(self, model, embeddings=None) -> None:
         """Per-class k-means anchors (§2.3.4) on the training embeddings."""
         emb = self._embed(model, "train") if embeddings is None else embeddings[:self.pool.num_train]
@@ -234,6 +268,7 @@ class MetricTask(ClassificationTask):
         if self._next_refresh is not None and step < self._next_refresh:
             return
         every = self.cfg.sampler.refresh_every
+        self._recalibrate_batchnorm(model)
         emb = self._embed(model, "all")
         n = self.pool.num_train
         self.sampler.refresh(emb[:n], emb[n:] if len(emb) > n else None)
@@ -264,6 +299,7 @@ class MetricTask(ClassificationTask):
     # -- evaluation ---------------------------------------------------------------------------------
 
     def evaluate(self, model, dataset):
+        self._recalibrate_batchnorm(model)
         if not self.learned_anchors:  # Triplet-Naive / HN / M: anchors by k-means after metric learning
             self._fit_anchors(model)
         report = super().evaluate(model, dataset)
