@@ -9,6 +9,7 @@
                             evaluate(queries, labels) with the same search code as the export (lookup.py)
   RetrievalEvaluation       Keras callback: Recall@k, precision@k, R-precision, MAP@R, NMI / AMI of a
                             validation set every N epochs / steps (callback.py)
+  save_index, lookup_function   an index alone as a SavedModel with a `lookup` signature over embeddings
   squared_distances         float64 numpy reference distances (from finegrain_tf.metrics.retrieval)
 
 The retrieval metrics themselves are plain functions in `finegrain_tf.metrics` (r_precision, map_at_r,
@@ -21,6 +22,8 @@ from finegrain_tf.retrieval.index import PAD_ID, ExactIndex, SearchIndex
 from finegrain_tf.retrieval.callback import RetrievalEvaluation
 from finegrain_tf.retrieval.ivf import IVFIndex
 from finegrain_tf.retrieval.lookup import LookupResult, Retriever, embed
+from finegrain_tf.retrieval.saved_model import lookup_function, save_index
 
 __all__ = ["AUTO_EXACT_MAX_SIZE", "KINDS", "build_index", "squared_distances", "PAD_ID", "ExactIndex",
-           "SearchIndex", "IVFIndex", "LookupResult", "Retriever", "RetrievalEvaluation", "embed"]
+           "SearchIndex", "IVFIndex", "LookupResult", "Retriever", "RetrievalEvaluation", "embed",
+           "lookup_function", "save_index"]

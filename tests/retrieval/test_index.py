@@ -119,19 +119,6 @@ def test_ivf_build_is_deterministic_given_the_seed():
 # SavedModel round trip through the TF1 session loader (TF Serving's path)
 
 
-def _export(index, path, k):
-    module = tf.Module()
-    module.index = index
-
-    @tf.function(input_signature=[tf.TensorSpec([None, index.dim], tf.float32, name="queries"),
-                                  tf.TensorSpec([], tf.int32, name="nprobe")])
-    def lookup(queries, nprobe):
-        scores, ids = index.search(queries, k, nprobe if index.kind == "ivf" else None)
-        return {"distances": scores, "ids": ids}
-
-    tf.saved_model.save(module, path, signatures={"lookup": lookup})
-
-
 def _run_session_loader(path, queries, nprobe):
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
@@ -145,7 +132,7 @@ def test_saved_model_through_session_loader_equals_python(tmp_path, kind):
     x, ids = clustered(500, 8, 5, 0.5, seed=6)[0], [f"id/{i}" for i in range(500)]
     queries = clustered(4, 8, 5, 0.5, seed=7)[0]
     index = retrieval.build_index(x, ids, kind=kind, **({"nlist": 12, "nprobe": 2} if kind == "ivf" else {}))
-    _export(index, str(tmp_path / "m"), k=5)
+    retrieval.save_index(index, str(tmp_path / "m"), k=5)
     del index
     index = retrieval.build_index(x, ids, kind=kind, **({"nlist": 12, "nprobe": 2} if kind == "ivf" else {}))
     for nprobe in (1, 3):
@@ -157,7 +144,7 @@ def test_saved_model_through_session_loader_equals_python(tmp_path, kind):
 
 def test_served_nprobe_out_of_range_fails_in_the_graph(tmp_path):
     x, ids = _gallery(100)
-    _export(retrieval.build_index(x, ids, kind="ivf", nlist=10), str(tmp_path / "m"), k=3)
+    retrieval.save_index(retrieval.build_index(x, ids, kind="ivf", nlist=10), str(tmp_path / "m"), k=3)
     for bad in (0, 11):
         with pytest.raises(tf.errors.InvalidArgumentError, match="nprobe must be"):
             _run_session_loader(str(tmp_path / "m"), x[:2], bad)

@@ -74,18 +74,13 @@ def test_ivf_retriever_agrees_with_its_export(tmp_path):
     gallery = clustered(600, 8, 6, 0.5, seed=5)[0]
     r = retrieval.Retriever.from_embeddings(gallery, kind="ivf", nlist=12, nprobe=3)
     q = _unit(clustered(5, 8, 6, 0.5, seed=6)[0])
-    module = tf.Module()
-    module.index = r.index
-    lookup = tf.function(lambda queries: r.index.search(queries, 5),
-                         input_signature=[tf.TensorSpec([None, 8], tf.float32)])
-    tf.saved_model.save(module, str(tmp_path), signatures={"lookup": lookup})
+    retrieval.save_index(r.index, str(tmp_path), k=5)
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(tmp_path))
         sig = meta.signature_def["lookup"]
         served = sess.run({k: v.name for k, v in sig.outputs.items()},
-                          {next(iter(sig.inputs.values())).name: q})
-    ids_key = next(k for k, v in served.items() if v.dtype == object)
-    assert served[ids_key].astype(str).tolist() == r.lookup(q, k=5).ids.tolist()
+                          {sig.inputs["queries"].name: q, sig.inputs["nprobe"].name: 3})
+    assert served["ids"].astype(str).tolist() == r.lookup(q, k=5).ids.tolist()
 
 
 def test_callback_logs_retrieval_metrics_each_epoch_and_every_n_steps():
