@@ -348,3 +348,21 @@ def test_fit_under_mirrored_strategy_with_two_replicas():
     gamma = float(proc.stdout.strip().split()[-1])
     assert gamma == pytest.approx(estimate_gamma(np.random.RandomState(0).uniform(size=(16, 2, 2, 6))),
                                   rel=1e-5)
+
+
+def test_warns_once_when_training_rbf_coefficients_without_estimated_gamma(caplog):
+    def fit(layer):
+        model = keras.Sequential([keras.Input((2, 3, 6)), layer, keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            model.fit(X_MAPS, np.zeros((2, 2), np.float32), epochs=2, verbose=0)
+        return [r for r in caplog.records if "never estimated" in r.getMessage()]
+
+    warned = fit(KernelPooling(order=2, dims=8, name="kp_no_gamma"))
+    assert len(warned) == 1 and "adapt" in warned[0].getMessage()
+    assert fit(KernelPooling(order=2, dims=8, gamma=0.5)) == []
+    adapted = KernelPooling(order=2, dims=8)
+    adapted.adapt(X_MAPS)
+    assert fit(adapted) == []
+    assert fit(KernelPooling(order=2, dims=8, coefficients=[1.0, 1.0, 1.0])) == []
