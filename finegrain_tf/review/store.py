@@ -59,12 +59,17 @@ items = sa.Table(
     "items", _metadata,
     sa.Column("item_id", sa.String(MAX_ID_LENGTH), primary_key=True),
     sa.Column("image_path", sa.Text, nullable=False),
-    sa.Column("proposed_class", sa.String(MAX_ID_LENGTH), nullable=False, index=True),
-    sa.Column("round", sa.Integer, nullable=False, index=True),
+    sa.Column("proposed_class", sa.String(MAX_ID_LENGTH), nullable=False),
+    sa.Column("round", sa.Integer, nullable=False),
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("judgements", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Standing yes / no verdicts, kept by the writers of `verdicts` under the item's row lock, so
+    # that leasing and progress need not count the verdicts table item by item.
+    sa.Column("yes_votes", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("no_votes", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.CheckConstraint("judgements >= 1", name="ck_items_judgements"),
+    sa.Index("ix_items_queue_order", "round", "proposed_class", "score", "item_id"),
 )
 
 leases = sa.Table(
@@ -359,16 +364,14 @@ class LabelStore:
             raise AuthError("unknown token")
         return row.id, row.name
 
-    def _open_slots(self, labeler_id: int, now: float):
+    @staticmethod
+    def _open_slots(labeler_id: int, now: float):
         """SQL expression (correlated to `items`): judgements the item still needs minus live
         leases held by other labelers."""
-        standing = sa.and_(verdicts.c.item_id == items.c.item_id, verdicts.c.undone_at.is_(None))
-        yes = sa.select(sa.func.count()).where(standing, verdicts.c.verdict == "yes").scalar_subquery()
-        no = sa.select(sa.func.count()).where(standing, verdicts.c.verdict == "no").scalar_subquery()
         others = sa.select(sa.func.count()).where(
             leases.c.item_id == items.c.item_id, leases.c.labeler_id != labeler_id,
             leases.c.expires_at > now).scalar_subquery()
-        return _still_needed_sql(yes, no, items.c.judgements) - others
+        return _still_needed_sql(items.c.yes_votes, items.c.no_votes, items.c.judgements) - others
 
     def _seen_by(self, labeler_id: int):
         """SQL condition (correlated to `items`): the labeler has a standing verdict on the item."""
@@ -491,6 +494,7 @@ class LabelStore:
             conn.execute(verdicts.insert().values(
                 item_id=item_id, labeler_id=labeler_id, verdict=verdict, request_id=request_id,
                 created_at=now))
+            self._count_vote(conn, item_id, verdict, +1)
             conn.execute(audit_log.insert().values(
                 at=now, labeler=name, action="verdict", item_id=item_id, verdict=verdict,
                 request_id=request_id))
@@ -498,25 +502,25 @@ class LabelStore:
                                                leases.c.labeler_id == labeler_id))
             return self._answer(conn, item, verdict, request_id, replayed=False)
 
-    def _answer(self, conn, item, verdict, request_id, replayed) -> dict:
-        counts = self._judgement_counts(conn, item.item_id)
-        decided = _still_needed(counts["yes"], counts["no"], item.judgements) == 0
+    @staticmethod
+    def _answer(conn, item, verdict, request_id, replayed) -> dict:
+        yes, no = conn.execute(sa.select(items.c.yes_votes, items.c.no_votes)
+                               .where(items.c.item_id == item.item_id)).one()
+        decided = _still_needed(yes, no, item.judgements) == 0
         return {"item_id": item.item_id, "verdict": verdict, "request_id": request_id,
-                "replayed": replayed,
-                "decision": _majority(counts["yes"], counts["no"]) if decided else None}
+                "replayed": replayed, "decision": _majority(yes, no) if decided else None}
 
     @staticmethod
-    def _judgement_counts(conn, item_id) -> dict:
-        rows = conn.execute(sa.select(verdicts.c.verdict, sa.func.count()).where(
-            verdicts.c.item_id == item_id, verdicts.c.undone_at.is_(None))
-            .group_by(verdicts.c.verdict)).all()
-        counts = {v: 0 for v in VERDICTS}
-        counts.update({v: n for v, n in rows})
-        return counts
+    def _count_vote(conn, item_id: str, verdict: str, delta: int) -> None:
+        if verdict in JUDGEMENTS:
+            column = items.c.yes_votes if verdict == "yes" else items.c.no_votes
+            conn.execute(items.update().where(items.c.item_id == item_id)
+                         .values({column: column + delta}))
 
-    @staticmethod
-    def _undo_row(conn, row, labeler_name: str, now: float) -> None:
+    @classmethod
+    def _undo_row(cls, conn, row, labeler_name: str, now: float) -> None:
         conn.execute(verdicts.update().where(verdicts.c.id == row.id).values(undone_at=now))
+        cls._count_vote(conn, row.item_id, row.verdict, -1)
         conn.execute(audit_log.insert().values(
             at=now, labeler=labeler_name, action="undo", item_id=row.item_id, verdict=row.verdict,
             request_id=row.request_id))
@@ -563,47 +567,37 @@ class LabelStore:
     # ---- reading results --------------------------------------------------------------------------
 
     @staticmethod
-    def _tallies(round: Optional[int] = None):
-        """Subquery: one row per item (of `round`) with its k and standing yes / no counts."""
-        standing = sa.and_(verdicts.c.item_id == items.c.item_id, verdicts.c.undone_at.is_(None))
-        count = lambda v: sa.func.coalesce(sa.func.sum(sa.case((verdicts.c.verdict == v, 1),
-                                                               else_=0)), 0)
-        query = (sa.select(items.c.item_id, items.c.proposed_class, items.c.round,
-                           items.c.judgements.label("k"), count("yes").label("yes"),
-                           count("no").label("no"))
-                 .select_from(items.outerjoin(verdicts, standing))
-                 .group_by(items.c.item_id, items.c.proposed_class, items.c.round,
-                           items.c.judgements))
-        if round is not None:
-            query = query.where(items.c.round == round)
-        return query.subquery("tallies")
+    def _needed():
+        return _still_needed_sql(items.c.yes_votes, items.c.no_votes, items.c.judgements)
 
     def decisions(self, round: Optional[int] = None) -> dict:
         """{item_id: "yes"|"no"} for every decided item (majority of its k judgements)."""
-        t = self._tallies(round)
+        query = sa.select(items.c.item_id, items.c.yes_votes, items.c.no_votes).where(
+            self._needed() == 0)
+        if round is not None:
+            query = query.where(items.c.round == round)
         with self._reading() as conn:
-            rows = conn.execute(sa.select(t.c.item_id, t.c.yes, t.c.no)
-                                .where(_still_needed_sql(t.c.yes, t.c.no, t.c.k) == 0)).all()
+            rows = conn.execute(query).all()
         return {i: _majority(y, n) for i, y, n in rows}
 
     def pending(self, round: Optional[int] = None) -> int:
         """How many items (of `round`) are not decided yet."""
-        t = self._tallies(round)
+        query = sa.select(sa.func.count()).select_from(items).where(self._needed() > 0)
+        if round is not None:
+            query = query.where(items.c.round == round)
         with self._reading() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(t)
-                                .where(_still_needed_sql(t.c.yes, t.c.no, t.c.k) > 0)).scalar_one()
+            return conn.execute(query).scalar_one()
 
     def progress(self, token: str, proposed_class: Optional[str] = None) -> dict:
         """What a review page shows, counted in the database: {"me": this labeler's done / leased /
         remaining, "all": items / decided, "class": items / decided of `proposed_class`}."""
-        t = self._tallies()
-        decided = sa.func.coalesce(sa.func.sum(
-            sa.case((_still_needed_sql(t.c.yes, t.c.no, t.c.k) == 0, 1), else_=0)), 0)
-        counts = lambda *where: dict(zip(("items", "decided"), conn.execute(
-            sa.select(sa.func.count(), decided).select_from(t).where(*where)).one()))
+        decided = sa.func.coalesce(sa.func.sum(sa.case((self._needed() == 0, 1), else_=0)), 0)
+        query = sa.select(sa.func.count(), decided).select_from(items)
         with self._reading() as conn:
+            counts = lambda *where: dict(zip(("items", "decided"),
+                                             conn.execute(query.where(*where)).one()))
             return {"me": self._my_progress(conn, token), "all": counts(),
-                    "class": counts(t.c.proposed_class == proposed_class)
+                    "class": counts(items.c.proposed_class == proposed_class)
                     if proposed_class is not None else None}
 
     def judgements(self, item_id: Optional[str] = None, include_undone: bool = False) -> list:
@@ -637,7 +631,9 @@ class LabelStore:
         labeler's verdict counts and agreement with the final decision on multiply-judged items),
         per_round; with a token also "me": this labeler's done / leased / remaining counts."""
         with self._reading() as conn:
-            tallies = conn.execute(sa.select(self._tallies())).all()
+            tallies = conn.execute(sa.select(
+                items.c.item_id, items.c.proposed_class, items.c.round, items.c.judgements,
+                items.c.yes_votes, items.c.no_votes)).all()
             rows = conn.execute(
                 sa.select(verdicts.c.item_id, verdicts.c.verdict, labelers.c.name)
                 .join(labelers, labelers.c.id == verdicts.c.labeler_id)

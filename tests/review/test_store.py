@@ -22,6 +22,17 @@ def make_items(n, k=1, round=1, classes=("rose", "tulip"), start=0):
              "judgements": k} for i in range(start, start + n)]
 
 
+def assert_vote_counters_match(store):
+    """The items' yes/no counters equal the standing verdicts counted one by one."""
+    counted = collections.Counter((j["item_id"], j["verdict"]) for j in store.judgements())
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(store_module.items.c.item_id, store_module.items.c.yes_votes,
+                                      store_module.items.c.no_votes)).all()
+    assert rows
+    for item_id, yes, no in rows:
+        assert (yes, no) == (counted[(item_id, "yes")], counted[(item_id, "no")]), item_id
+
+
 def test_sqlite_connections_use_wal_and_full_sync(tmp_path):
     label_store = LabelStore(f"sqlite:///{tmp_path / 'a.db'}")
     label_store.create_schema()
@@ -219,6 +230,7 @@ def test_undo_withdraws_and_releases_back(store):
         ("undo", "r1-1", "no", "alice"), ("undo", "r1-0", "yes", "alice"),
         ("verdict", "r1-0", "no", "alice")]
     assert all(a["at"] > 0 for a in store.audit())
+    assert_vote_counters_match(store)
 
 
 def test_a_new_verdict_replaces_the_labelers_previous_one(store):
@@ -229,6 +241,7 @@ def test_a_new_verdict_replaces_the_labelers_previous_one(store):
     assert [j["verdict"] for j in store.judgements()] == ["no"]
     assert store.decisions() == {"r1-0": "no"}
     assert [a["action"] for a in store.audit()] == ["verdict", "undo", "verdict"]
+    assert_vote_counters_match(store)
 
 
 def test_skip_is_not_a_judgement(store):
@@ -360,6 +373,7 @@ def test_stats_match_a_naive_reference(store):
     for name, (agreed, compared) in per_labeler.items():
         assert stats["per_labeler"][name]["agreement"] == pytest.approx(agreed / compared)
         assert stats["per_labeler"][name]["compared"] == compared
+    assert_vote_counters_match(store)
 
 
 def test_verdicts_survive_reopening(store_url):
@@ -408,3 +422,4 @@ def test_concurrent_labelers_never_share_an_item(store):
         assert judged[item_id] == 3 and len(leased_to[item_id]) == 3, item_id
     assert store.pending() == 0 and len(store.decisions()) == 70
     assert len(store.audit()) == 90
+    assert_vote_counters_match(store)
