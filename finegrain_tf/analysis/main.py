@@ -1,34 +1,46 @@
-r"""finegrain-analyze: dataset analysis from the command line (seed 000 §4.3 and chapter 6).
+r"""finegrain-analyze SUBCOMMAND --flags: dataset analysis on features (seed 000 sec. 4.3 and ch.6).
 
-Subcommands (first positional argument):
-
-  features     Features of a trained model over its eval split (or any split via --set):
-                 finegrain-analyze features --model_dir=runs/x --output=feat.npz \
-                   --means_output=means.npz [--layer=embedding] [--set=data.eval_split=train]
-  similarity   EMD domain distance and similarity between two class-means files (eqs. 4.2-4.3):
-                 finegrain-analyze similarity --source=src_means.npz --target=tgt_means.npz
+Subcommands:
+  features     Features of a saved Keras model (its "embedding" layer by default) over an image
+               folder (one subfolder per class) or a CSV/JSONL manifest of path,label[,split]:
+                 finegrain-analyze features --model=runs/x/model.keras --images=data/test \
+                   --output=feat.npz --means_output=means.npz [--layer=embedding] [--split=test]
+  similarity   EMD domain distance and similarity between two class-means files (eqs. 4.2-4.3),
+               with a PNG of the optimal flow:
+                 finegrain-analyze similarity --source=src_means.npz --target=tgt_means.npz \
+                   --json=sim.json        (also writes sim.png)
   select       Top-k source classes per target and their union as a class list for the training
-               binary's data.class_filter (§4.3.2), plus a bar plot:
+               binary's data.class_filter (sec. 4.3.2), plus a bar plot:
                  finegrain-analyze select --source=src.npz --targets=birds.npz,cars.npz --k=200 \
                    --output=classes.txt --plot=top.png
-  granularity  Dataset granularity of a features file (§6.2; RankM by default):
-                 finegrain-analyze granularity --features=feat.npz --measures=rankm,rs
+  granularity  Dataset granularity of a features file (sec. 6.2; RankM by default), with a PNG of
+               the features and the per-class terms:
+                 finegrain-analyze granularity --features=feat.npz --measures=rankm,rs \
+                   --json=gran.json       (also writes gran.png)
 
-Every subcommand can also write its numbers as JSON (--json=path).
+Every subcommand writes its numbers as JSON with --json=path; --plot=path.png names the picture
+(default: the JSON path with .png). The summary goes to stdout.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from absl import app, flags, logging
 
+from finegrain_tf.utils import cli
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "features: a finegrain-train model dir (params.yaml, model.keras)")
-flags.DEFINE_string("model", None, "features: a .keras model file (default <model_dir>/model.keras)")
+flags.DEFINE_string("model", None, "features: a saved Keras model (.keras), e.g. <run dir>/model.keras")
+flags.DEFINE_string("images", None, "features: an image folder (one subfolder per class) or a .csv/.jsonl "
+                    "manifest of path,label[,split]")
+flags.DEFINE_string("split", "", "features: the manifest rows of this split (\"\" = every row)")
+flags.DEFINE_integer("image_size", 0, "features: network input size (0 = the model's input size)")
+flags.DEFINE_integer("resize_size", 0, "features: shorter side before the centre crop (0 = size * 8 / 7)")
+flags.DEFINE_integer("batch_size", 32, "features: images per batch")
 flags.DEFINE_string("layer", "embedding", "features: layer whose output is the feature (\"\" = model output)")
-flags.DEFINE_multi_string("set", [], "features: config overrides a.b=value (e.g. data.eval_split=train)")
 flags.DEFINE_integer("max_batches", None, "features: stop after this many batches")
 flags.DEFINE_string("output", None, "features: per-sample features .npz; select: class-list text file")
 flags.DEFINE_string("means_output", None, "features: class means + counts .npz")
@@ -38,15 +50,14 @@ flags.DEFINE_list("targets", [], "select: target-domain class-means .npz files")
 flags.DEFINE_list("k", ["200"], "select: top k per target (one value, or one per target)")
 flags.DEFINE_float("gamma", 0.01, "similarity/select: gamma of sim = exp(-gamma * EMD)")
 flags.DEFINE_integer("min_count", 0, "similarity/select: drop source classes with fewer images (demo: 200)")
-flags.DEFINE_string("plot", None, "select: bar plot of the top classes per target (.png)")
+flags.DEFINE_string("plot", None, "similarity/select/granularity: PNG path (default: the --json path "
+                    "with .png; select: no plot without --plot)")
 flags.DEFINE_integer("plot_top", 10, "select: classes per target in the plot")
 flags.DEFINE_string("features", None, "granularity: features .npz (from `features`)")
 flags.DEFINE_list("measures", ["rankm"], "granularity: rankm, rank, rsm, rs, silhouette")
 flags.DEFINE_string("metric", "euclidean", "granularity: euclidean, sqeuclidean, cosine")
 flags.DEFINE_string("json", None, "write the results as JSON to this path")
-flags.DEFINE_bool("progress", True, "features: show a progress bar")
-
-COMMANDS = ("features", "similarity", "select", "granularity")
+flags.DEFINE_bool("progress", True, "features: show a progress bar (count, total, ETA)")
 
 
 def _require(name: str):
@@ -54,6 +65,13 @@ def _require(name: str):
     if value in (None, "", []):
         raise app.UsageError(f"--{name} is required for this subcommand")
     return value
+
+
+def _plot_path() -> str | None:
+    """--plot, else the --json path with .png, else None."""
+    if FLAGS.plot:
+        return FLAGS.plot
+    return os.path.splitext(FLAGS.json)[0] + ".png" if FLAGS.json else None
 
 
 def _write_json(result: dict) -> None:
@@ -64,59 +82,77 @@ def _write_json(result: dict) -> None:
         logging.info("wrote %s", FLAGS.json)
 
 
-def _register_custom_objects() -> None:
-    """Imports the modules whose registered Keras classes a finegrain-train model.keras may use."""
-    import importlib
+def _image_dataset(image_size: int):
+    """(batched (float32 crops, labels), class names, number of batches) of --images."""
+    import tensorflow as tf
 
-    for name in ("finegrain_tf.layers", "finegrain_tf.models.backbones", "finegrain_tf.models.heads",
-                 "finegrain_tf.models.embedding", "finegrain_tf.models.initializers"):
-        try:
-            importlib.import_module(name)
-        except ImportError as e:  # pragma: no cover - a module of the package missing
-            logging.warning("could not import %s: %s", name, e)
+    from finegrain_tf.data import decode, loaders, manifest, preprocessing
+
+    source = _require("images")
+    if source.lower().endswith((".csv",) + manifest.JSON_SUFFIXES):
+        ds, class_names, num_files = manifest.load_manifest(source, FLAGS.split)
+    else:
+        if FLAGS.split:
+            raise app.UsageError("--split selects manifest rows; for a folder point --images at the split's "
+                                 "folder (e.g. data/test)")
+        ds, info = loaders.load_image_folder(source, with_info=True, limits=decode.DEFAULT_LIMITS)
+        class_names, num_files = info.class_names, info.num_files
+    ds = ds.map(lambda image, label: (preprocessing.preprocess_eval(image, image_size, FLAGS.resize_size), label),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE), class_names, math.ceil(num_files / FLAGS.batch_size)
 
 
 def cmd_features() -> dict:
     import keras
 
+    import finegrain_tf.layers  # noqa: F401  (registers the custom layers a model may use)
+    import finegrain_tf.losses  # noqa: F401
     from finegrain_tf.analysis import features as feats
-    from finegrain_tf.data.pipeline import build_datasets
-    from finegrain_tf.train.config import apply_override, load_params
 
-    model_dir = _require("model_dir")
     if not (FLAGS.output or FLAGS.means_output):
         raise app.UsageError("features needs --output and/or --means_output")
-    cfg = load_params(model_dir)
-    for override in FLAGS.set:
-        cfg = apply_override(cfg, override)
-    _register_custom_objects()
-    model = keras.models.load_model(FLAGS.model or os.path.join(model_dir, "model.keras"), compile=False)
+    model_path = _require("model")
+    if not os.path.isfile(model_path):
+        raise app.UsageError(f"--model={model_path!r}: no such file")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+    model = keras.models.load_model(model_path, compile=False)
+    image_size = FLAGS.image_size or (model.input_shape[1] if len(model.input_shape) == 4 else None)
+    if not image_size:
+        raise app.UsageError(f"the model's input size is not fixed ({model.input_shape}): give --image_size")
     extractor = feats.feature_model(model, FLAGS.layer) if FLAGS.layer else model
-    _, eval_ds, info = build_datasets(cfg.data)
-    f, y = feats.extract_features(extractor, eval_ds, max_batches=FLAGS.max_batches,
-                                  progress=FLAGS.progress)
-    result = {"split": cfg.data.eval_split, "num_samples": int(f.shape[0]), "dim": int(f.shape[1])}
+    dataset, class_names, num_batches = _image_dataset(int(image_size))
+    f, y = feats.extract_features(extractor, dataset, max_batches=FLAGS.max_batches, progress=FLAGS.progress,
+                                  total=num_batches)
+    result = {"images": FLAGS.images, "split": FLAGS.split, "num_samples": int(f.shape[0]),
+              "dim": int(f.shape[1])}
     if FLAGS.output:
-        feats.save_features(FLAGS.output, f, y, class_names=info.class_names)
+        feats.save_features(FLAGS.output, f, y, class_names=class_names)
         result["features"] = FLAGS.output
     if FLAGS.means_output:
-        means, counts = feats.class_means_from_features(f, y, num_classes=info.num_classes)
-        feats.save_class_means(FLAGS.means_output, means, counts, class_names=info.class_names)
+        means, counts = feats.class_means_from_features(f, y, num_classes=len(class_names))
+        feats.save_class_means(FLAGS.means_output, means, counts, class_names=class_names)
         result["means"] = FLAGS.means_output
     return result
 
 
 def cmd_similarity() -> dict:
-    from finegrain_tf.analysis.emd_similarity import emd_distance
+    from finegrain_tf.analysis.emd_similarity import emd_distance, plot_flow
     from finegrain_tf.analysis.features import load_class_means
 
-    sm, sc, _ = load_class_means(_require("source"))
-    tm, tc, _ = load_class_means(_require("target"))
-    d = emd_distance(sm, sc, tm, tc, min_count=FLAGS.min_count)
-    import math
-
-    return {"source": FLAGS.source, "target": FLAGS.target, "emd": d, "gamma": FLAGS.gamma,
-            "similarity": math.exp(-FLAGS.gamma * d), "min_count": FLAGS.min_count}
+    sm, sc, source_names = load_class_means(_require("source"))
+    tm, tc, target_names = load_class_means(_require("target"))
+    if not FLAGS.gamma > 0:
+        raise app.UsageError(f"--gamma must be > 0, got {FLAGS.gamma}")
+    d, flow = emd_distance(sm, sc, tm, tc, min_count=FLAGS.min_count, return_flow=True)
+    similarity = math.exp(-FLAGS.gamma * d)
+    result = {"source": FLAGS.source, "target": FLAGS.target, "emd": d, "gamma": FLAGS.gamma,
+              "similarity": similarity, "min_count": FLAGS.min_count}
+    plot = _plot_path()
+    if plot:
+        kept = [n for n, c in zip(source_names, sc) if c >= FLAGS.min_count] if source_names else None
+        result["plot"] = plot_flow(flow, plot, d, similarity, FLAGS.gamma, kept, target_names)
+    return result
 
 
 def cmd_select() -> dict:
@@ -126,7 +162,10 @@ def cmd_select() -> dict:
 
     sm, sc, names = load_class_means(_require("source"))
     targets = _require("targets")
-    ks = [int(k) for k in FLAGS.k]
+    try:
+        ks = [int(k) for k in FLAGS.k]
+    except ValueError:
+        raise app.UsageError(f"--k must be integers, got {FLAGS.k}") from None
     if len(ks) == 1:
         ks = ks * len(targets)
     if len(ks) != len(targets):
@@ -146,20 +185,29 @@ def cmd_select() -> dict:
         write_class_list(FLAGS.output, union)
         result["class_list"] = FLAGS.output
     if FLAGS.plot:
-        plot_top_classes(selections, FLAGS.plot, class_names=names, top=FLAGS.plot_top)
-        result["plot"] = FLAGS.plot
+        result["plot"] = plot_top_classes(selections, FLAGS.plot, class_names=names, top=FLAGS.plot_top)
     return result
 
 
 def cmd_granularity() -> dict:
+    import numpy as np
+
+    from finegrain_tf.analysis.dataset_granularity import granularity_per_sample, plot_granularity
     from finegrain_tf.analysis.features import load_features
-    from finegrain_tf.analysis.dataset_granularity import granularity
 
     z = load_features(_require("features"))
-    values = {m: granularity(z["features"], z["labels"], measure=m, metric=FLAGS.metric)
-              for m in FLAGS.measures}
-    return {"features": FLAGS.features, "metric": FLAGS.metric, "num_samples": int(len(z["labels"])),
-            "granularity": values}
+    per_sample = {m: granularity_per_sample(z["features"], z["labels"], measure=m, metric=FLAGS.metric)
+                  for m in FLAGS.measures}
+    result = {"features": FLAGS.features, "metric": FLAGS.metric, "num_samples": int(len(z["labels"])),
+              "granularity": {m: float(np.mean(t)) for m, t in per_sample.items()}}
+    plot = _plot_path()
+    if plot:
+        result["plot"] = plot_granularity(z["features"], z["labels"], per_sample, plot)
+    return result
+
+
+COMMANDS = {"features": cmd_features, "similarity": cmd_similarity, "select": cmd_select,
+            "granularity": cmd_granularity}
 
 
 def main(argv):
@@ -167,8 +215,10 @@ def main(argv):
         raise app.UsageError(f"usage: finegrain-analyze {{{','.join(COMMANDS)}}} --flags ... (got {argv[1:]})")
     # POT would otherwise import its TensorFlow backend for nothing (numpy arrays only here).
     os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
-    result = {"features": cmd_features, "similarity": cmd_similarity, "select": cmd_select,
-              "granularity": cmd_granularity}[argv[1]]()
+    try:
+        result = COMMANDS[argv[1]]()
+    except (ValueError, OSError) as e:  # bad input files or values: one line, no traceback
+        raise app.UsageError(f"finegrain-analyze {argv[1]}: {e}") from None
     _write_json(result)
     summary = {k: v for k, v in result.items() if k not in ("targets", "union")}
     if argv[1] == "select":
@@ -178,7 +228,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __name__)  # --help lists this module's flags and subcommands, exits 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 
 from finegrain_tf.serving.client import format_table
+from finegrain_tf.utils import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("server", "localhost:8500", "host:port of the gRPC endpoint (of the REST one with --rest).")
@@ -114,7 +115,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __name__)  # --help lists this module's flags and exits 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import threading
 
 from absl import app, flags, logging
 
+from finegrain_tf.utils import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("port", 8500, "gRPC port (0 = pick a free one; see --port_file).")
 flags.DEFINE_integer("rest_api_port", None, "Also serve TF Serving's REST API on this port (0 = a free one).")
@@ -110,7 +112,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __name__)  # --help lists this module's flags and exits 0
 
 
 if __name__ == "__main__":

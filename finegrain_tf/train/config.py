@@ -299,7 +299,7 @@ class TrainConfig(Section):
     few_threshold: int = 20  # few-shot classes have fewer train images than this
     strategy: str = "default"  # default, mirrored, multi_worker, tpu
     tpu: str = ""
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # bfloat16 compute, float32 weights and losses
     jit_compile: bool = False  # XLA-compile the train step
     on_nonfinite: str = "stop"  # non-finite loss / gradient norm: "stop" with an error, or "skip_step"
     plots: bool = True  # PNG curves, per-class accuracy and confusion matrix in the run dir
@@ -315,6 +315,10 @@ class TrainConfig(Section):
                            "few_threshold")
         if self.jit_compile and self.strategy not in ("default", "tpu"):
             raise ValueError(f"train.jit_compile=true needs train.strategy 'default' or 'tpu', not "
+                             f"{self.strategy!r}")
+        if self.on_nonfinite == "skip_step" and self.strategy != "default":
+            raise ValueError(f"train.on_nonfinite='skip_step' needs train.strategy 'default' (a "
+                             f"skipped update cannot hold the replicas' gradient all-reduce), not "
                              f"{self.strategy!r}")
         if self.early_stopping and not self.eval_every:
             raise ValueError("train.early_stopping needs train.eval_every > 0")

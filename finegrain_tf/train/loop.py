@@ -67,27 +67,17 @@ def _worker_dir(model_dir: str, strategy) -> str:
     return os.path.join(tempfile.gettempdir(), f"finegrain_worker_{task_id}_{os.getpid()}")
 
 
-def _set_precision(cfg: ExperimentConfig) -> str:
-    if cfg.train.mixed_precision:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-    else:
-        policy = "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
+def _set_precision(cfg: ExperimentConfig) -> None:
+    """Mixed precision is bfloat16 on every device: it keeps float32's range, so no loss scaling
+    (Keras 3.15's LossScaleOptimizer fails inside a tf.function on the TF backend)."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.train.mixed_precision
+                                            else "float32")
 
 
-def _build_optimizer(cfg: ExperimentConfig, model: keras.Model, policy: str):
+def _build_optimizer(cfg: ExperimentConfig, model: keras.Model):
     optimizer = build_optimizer(cfg.optimizer, cfg.train.steps)
     if cfg.optimizer.weight_decay:
         configure_weight_decay(optimizer, model, cfg.optimizer.decay_bias, cfg.optimizer.decay_batchnorm)
-    if policy == "mixed_float16":
-        # float16 gradients need loss scaling; model.fit wraps this itself, a custom loop must. The
-        # loss-scale optimizer also skips steps whose gradients overflow.
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    elif cfg.train.on_nonfinite == "skip_step":
-        # The same skip in float32: a scale of 1 (powers of two are exact) that only halves on a
-        # non-finite step; the update of that step is not applied.
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1.0)
     optimizer.build(model.trainable_variables)
     return optimizer
 
@@ -214,7 +204,19 @@ def _make_train_function(task: Task, strategy, model, optimizer, metrics, jit_co
     _, worker, local = _worker_layout(strategy)
 
     def replica_step(inputs):
+        if not task.skip_nonfinite:
+            task.train_step(inputs, model, optimizer, metrics)
+            return
+        # A skipped step must not leave its forward pass behind either (batch-norm statistics).
+        state = model.non_trainable_variables
+        saved = [tf.identity(v) for v in state]
         task.train_step(inputs, model, optimizer, metrics)
+
+        def restore():
+            for variable, value in zip(state, saved):
+                variable.assign(value)
+            return tf.constant(False)
+        tf.cond(task.step_finite, lambda: tf.constant(True), restore)
 
     if jit_compile:
         replica_step = tf.function(replica_step, jit_compile=True)
@@ -267,6 +269,52 @@ def _warn_if_batchnorm_not_warmed_up(train_accuracy, report, num_classes, steps)
                         chance, steps)
 
 
+@dataclasses.dataclass
+class Trainer:
+    """What one run steps: the task and its model, optimizer, metrics and input iterator."""
+    cfg: ExperimentConfig
+    strategy: tf.distribute.Strategy
+    task: Task
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    metrics: dict
+    step: tf.Variable
+    iterator: object
+    init_dataset: tf.data.Dataset  # unsharded train batches for the data-dependent initialisation
+    train_function: object
+
+    def run_step(self) -> int:
+        """One global step (the task's hook, then the replicas' step); returns the new step."""
+        self.task.on_step(int(self.step.numpy()), self.model)
+        self.train_function(self.iterator)
+        return int(self.step.assign_add(1).numpy())
+
+
+def build_trainer(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Trainer:
+    """Builds the task of `cfg` with its data, model, optimizer and train step under `strategy`."""
+    keras.utils.set_random_seed(cfg.train.seed)
+    _set_precision(cfg)
+    if cfg.data.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    task = get_task(cfg)
+    init_dataset = task.build_inputs(training=True)  # also fills task.data_info
+    info = task.data_info
+    logging.info("training classes:\n%s", evaluation.format_class_counts(info.class_names,
+                                                                        info.train_class_counts))
+    train_ds = _worker_inputs(task, strategy)
+    with strategy.scope():
+        model = task.build_model()
+        optimizer = _build_optimizer(cfg, model)
+        task.build_losses()
+        metrics = task.build_metrics()
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    train_function = _make_train_function(task, strategy, model, optimizer, metrics,
+                                          cfg.train.jit_compile)
+    return Trainer(cfg, strategy, task, model, optimizer, metrics, step, iter(train_ds),
+                   init_dataset, train_function)
+
+
 def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Trains `cfg` to `cfg.train.steps` (resuming from the newest intact checkpoint), evaluates and
     writes the run directory (see `RunDir`)."""
@@ -277,36 +325,16 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     write_dir = RunDir(_worker_dir(cfg.train.model_dir, strategy))
     if chief:
         run_dir.save_params(cfg)
-    keras.utils.set_random_seed(cfg.train.seed)
-    policy = _set_precision(cfg)
-    replicas = strategy.num_replicas_in_sync
-    if cfg.data.batch_size % replicas:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
-                         f"{replicas} replicas")
-
-    task = get_task(cfg)
-    init_ds = task.build_inputs(training=True)  # also fills task.data_info
-    info = task.data_info
-    logging.info("training classes:\n%s", evaluation.format_class_counts(info.class_names,
-                                                                       info.train_class_counts))
-    train_ds = _worker_inputs(task, strategy)
+    trainer = build_trainer(cfg, strategy)
+    task, model, metrics, step = trainer.task, trainer.model, trainer.metrics, trainer.step
     eval_ds = task.build_inputs(training=False)
     val_ds = task.build_inputs(training=False, split=cfg.data.val_split or None) \
         if cfg.train.eval_every else None
-
-    with strategy.scope():
-        model = task.build_model()
-        optimizer = _build_optimizer(cfg, model, policy)
-        task.build_losses()
-        metrics = task.build_metrics()
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    task.check_gradients = policy != "mixed_float16"
     best = _Best(cfg, write_dir.best_checkpoint_dir, model)
-
-    iterator = iter(train_ds)
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step, best_value=best.value, stale=best.stale,
-        **{f"input_{_input_fingerprint(cfg, replicas)}": iterator})
+        model=model, optimizer=trainer.optimizer, step=step, best_value=best.value,
+        stale=best.stale,
+        **{f"input_{_input_fingerprint(cfg, strategy.num_replicas_in_sync)}": trainer.iterator})
     restored = restore_newest_intact(checkpoint, write_dir.checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, write_dir.checkpoint_dir,
                                          max_to_keep=cfg.train.keep_checkpoints)
@@ -314,12 +342,10 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     if restored:
         logging.info("resumed from %s at step %d", restored, resumed_from)
     if resumed_from == 0:
-        done = task.initialize(model, init_ds)
+        done = task.initialize(model, trainer.init_dataset)
         if done:
             logging.info("data-dependent initialisation: %s", done)
 
-    train_function = _make_train_function(task, strategy, model, optimizer, metrics,
-                                          cfg.train.jit_compile)
     writer = tf.summary.create_file_writer(write_dir.log_dir("train"))
     eval_writer = tf.summary.create_file_writer(write_dir.log_dir("eval"))
     train_accuracy = None
@@ -327,9 +353,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     with ProgressBar(total=cfg.train.steps, desc="train", unit="step", enabled=chief) as bar:
         bar.update(resumed_from)
         while current < cfg.train.steps:
-            task.on_step(current, model)
-            train_function(iterator)
-            current = int(step.assign_add(1).numpy())
+            current = trainer.run_step()
             if _scalar(metrics["nonfinite_steps"]) > 0:
                 metrics["nonfinite_steps"].reset_state()
                 message = (f"step {current}: non-finite loss or gradient norm (loss "
@@ -342,7 +366,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
             values = None
             if current % cfg.train.log_every == 0 or current == cfg.train.steps:
                 values = {name: _scalar(m) for name, m in metrics.items() if name != "nonfinite_steps"}
-                values["lr"] = _learning_rate(optimizer)
+                values["lr"] = _learning_rate(trainer.optimizer)
                 train_accuracy = values.get("accuracy", train_accuracy)
                 with writer.as_default(step=current):
                     for name, value in values.items():
@@ -374,7 +398,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
 
     report = task.evaluate(model, eval_ds)
     report["train_steps"] = current
-    _warn_if_batchnorm_not_warmed_up(train_accuracy, report, info.num_classes, current)
+    _warn_if_batchnorm_not_warmed_up(train_accuracy, report, task.data_info.num_classes, current)
     if chief:
         task.save_artifacts(run_dir, model, report)
         with eval_writer.as_default(step=current):

@@ -67,8 +67,9 @@ class Task:
     def __init__(self, cfg: "ExperimentConfig"):
         self.cfg = cfg
         self.data_info = None  # the data description, set by the first `build_inputs` call
-        # Set by the loop before the first step (mixed_float16 -> gradients may overflow by design).
-        self.check_gradients = True
+        # train.on_nonfinite=skip_step: `apply_gradients` leaves a non-finite step's update out.
+        self.skip_nonfinite = cfg.train.on_nonfinite == "skip_step"
+        self.step_finite = None  # set by `apply_gradients` while the train step is traced
 
     # -- data, model, loss ----------------------------------------------------------------------
 
@@ -111,16 +112,23 @@ class Task:
         """Gradient of `loss` (this replica's share of the global-batch mean), applied by `optimizer`.
 
         Records the gradient norm and whether the loss or the gradient norm is non-finite in
-        `metrics` ("grad_norm", "nonfinite_steps"; summed over replicas). Under mixed_float16 the
-        loss-scale optimizer skips overflowing steps itself, so only the loss is checked there.
+        `metrics` ("grad_norm", "nonfinite_steps"; summed over replicas). With `skip_nonfinite`
+        (single-replica strategies: a conditional update cannot hold the replicas' gradient
+        all-reduce) such a step changes neither the weights nor the optimizer state.
         """
         variables = model.trainable_variables
-        grads = tape.gradient(optimizer.scale_loss(loss), variables)
+        grads = tape.gradient(loss, variables)
         grad_norm = tf.linalg.global_norm([g for g in grads if g is not None])
-        finite = tf.math.is_finite(tf.cast(loss, tf.float32))
-        if self.check_gradients:
-            finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
-        optimizer.apply_gradients(zip(grads, variables))
+        finite = tf.logical_and(tf.math.is_finite(tf.cast(loss, tf.float32)),
+                                tf.math.is_finite(grad_norm))
+        self.step_finite = finite  # the loop restores the non-trainable state of a skipped step
+        if self.skip_nonfinite:
+            def apply():
+                optimizer.apply(grads, variables)
+                return tf.constant(True)
+            tf.cond(finite, apply, lambda: tf.constant(False))
+        else:
+            optimizer.apply_gradients(list(zip(grads, variables)))
         metrics["grad_norm"].update_state(grad_norm)
         metrics["nonfinite_steps"].update_state(1.0 - tf.cast(finite, tf.float32))
 

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from finegrain_tf.analysis.fuzziness import plot_histograms, ranking_violations
+from finegrain_tf.analysis.fuzziness import fuzziness_statistics, plot_histograms, ranking_violations
 from finegrain_tf.data import entropy, geo, rated_triplets, synthetic_geo
 from finegrain_tf.losses.pairwise import ContrastiveLoss
 from finegrain_tf.metrics.retrieval import triplet_accuracy
@@ -197,9 +197,7 @@ class PairsTask(Task):
             index = {p: i for i, p in enumerate(paths)}
             rated = rated_triplets.RatedTriplets([index[p] for p in rated.query], [index[p] for p in rated.a],
                                                  [index[p] for p in rated.b], rated.ratings)
-            zeros = np.zeros(len(paths))
-            photos = geo.GeoPhotos(zeros, zeros, zeros, np.asarray([""] * len(paths)),
-                                   np.asarray(["rated"] * len(paths)), paths=paths)
+            photos = geo.GeoPhotos.from_paths(paths, source="rated")
             order = np.random.default_rng(self.cfg.data.seed).permutation(len(rated))
             cut = max(1, int(round(len(rated) * pc.eval_share)))
             in_eval = np.zeros(len(rated), bool)
@@ -377,40 +375,47 @@ class PairsTask(Task):
         return triplet_accuracy(take(q), take(a), take(b), closer)
 
     def cross_validate_blend(self, model) -> dict:
-        """k-fold cross-validation of B (§4.1.3) on the labeled train pairs, on frozen I and V
-        features: a fresh B per fold, trained `pairs.kfold_epochs` epochs with the contrastive loss;
-        folds group pairs by their query so no query is in both sides."""
+        """k-fold cross-validation of B (§4.1.3) on the labeled train pairs over frozen I and V
+        features: a fresh B per fold, trained `pairs.kfold_epochs` epochs (batches of 32, the
+        thesis's optimizer) with the contrastive loss; folds group pairs by their query so no query
+        is on both sides. B is tiny, so the features are computed once and B trains eagerly."""
         from sklearn.model_selection import GroupKFold
 
         pc, tower = self.cfg.pairs, self.tower(model)
         pairs = self._splits["train"]
         index = np.unique(np.concatenate([pairs.left, pairs.right]))
-        inputs = keras.Input(tower.inputs[0].shape[1:])
-        features = keras.Model(inputs, [tower.get_layer("invariant")(inputs), tower.get_layer("variant")(inputs)])
+        invariant, variant = tower.get_layer("invariant"), tower.get_layer("variant")
         batches = self.photos.subset(index).image_dataset().map(
             lambda image: geo.square_resize(image, self.cfg.data.image_size, self._mean_pixel)).batch(64)
-        inv, var = (np.concatenate(parts) for parts in zip(*[[np.asarray(t) for t in features(x, training=False)]
-                                                                for x in batches]))
-        position = np.searchsorted(index, pairs.left), np.searchsorted(index, pairs.right)
+        inv = np.concatenate([np.asarray(invariant(x, training=False)) for x in batches])
+        var = np.concatenate([np.asarray(variant(x, training=False)) for x in batches])
+        a, b = np.searchsorted(index, pairs.left), np.searchsorted(index, pairs.right)
         folds = GroupKFold(n_splits=min(pc.kfold, len(np.unique(pairs.left))))
+        rng = np.random.default_rng(self.cfg.train.seed)
         losses, accuracies = [], []
-        for fold, (tr, va) in enumerate(folds.split(pairs.labels, groups=pairs.left)):
+        for fold, (train_rows, val_rows) in enumerate(folds.split(pairs.labels, groups=pairs.left)):
             keras.utils.set_random_seed(self.cfg.train.seed + fold)
             blend = siamese.build_blend_network(inv.shape[1], var.shape[1], _ints(pc.blend_units),
                                                 pc.embedding_dim, pc.dropout, pc.residual, pc.activation)
-            net = siamese.build_siamese(_feature_tower(blend, pc.normalize), name="blend_siamese")
-            net.compile(siamese.thesis_optimizer(), ContrastiveLoss(pc.margin, pc.formulation))
+            optimizer = siamese.thesis_optimizer()
 
-            def feed(rows):
-                a, b = position[0][rows], position[1][rows]
-                return {"image_a": np.concatenate([inv[a], var[a]], 1),
-                        "image_b": np.concatenate([inv[b], var[b]], 1)}
+            def embed_pairs(rows, training):
+                out = [blend([inv[ends[rows]], var[ends[rows]]], training=training) for ends in (a, b)]
+                if pc.normalize:
+                    out = [tf.math.l2_normalize(o, axis=-1) for o in out]
+                return tf.stack(out, axis=1)
 
-            net.fit(feed(tr), pairs.labels[tr], epochs=pc.kfold_epochs, batch_size=32, verbose=0)
-            out = net.predict(feed(va), verbose=0)
-            losses.append(float(np.mean(self._loss(pairs.labels[va], out))))
-            accuracies.append(float(np.mean(np.asarray(self._similar_score(tf.constant(out)))
-                                            == pairs.labels[va])))
+            for _ in range(pc.kfold_epochs):
+                order = rng.permutation(train_rows)
+                for start in range(0, len(order), 32):
+                    rows = order[start:start + 32]
+                    with tf.GradientTape() as tape:
+                        loss = tf.reduce_mean(self._loss(pairs.labels[rows], embed_pairs(rows, True)))
+                    grads = tape.gradient(loss, blend.trainable_weights)
+                    optimizer.apply_gradients(zip(grads, blend.trainable_weights))
+            out = embed_pairs(val_rows, False)
+            losses.append(float(np.mean(self._loss(pairs.labels[val_rows], out))))
+            accuracies.append(float(np.mean(np.asarray(self._similar_score(out)) == pairs.labels[val_rows])))
         return {"folds": len(losses), "val_loss_mean": float(np.mean(losses)),
                 "val_loss_std": float(np.std(losses)), "val_pair_accuracy_mean": float(np.mean(accuracies)),
                 "val_pair_accuracy_std": float(np.std(accuracies))}
@@ -439,13 +444,50 @@ class PairsTask(Task):
                             title=f"held-out pair distances ({len(pairs.labels)} pairs)")
 
 
-def _feature_tower(blend: keras.Model, normalize: bool) -> keras.Model:
-    """B as a tower over concatenated [I(x), V(x)] feature vectors (for the k-fold fits)."""
-    inv_dim, var_dim = (int(t.shape[-1]) for t in blend.inputs)
-    x = keras.Input((inv_dim + var_dim,), name="features")
-    inv = keras.layers.Identity(name="invariant_slice")(x[:, :inv_dim])
-    var = keras.layers.Identity(name="variant_slice")(x[:, inv_dim:])
-    out = blend([inv, var])
-    out = keras.layers.UnitNormalization(name="embedding")(out) if normalize else out
-    return keras.Model(x, out, name="blend_tower")
+# --------------------------------------------------------------------------------------------------
+# Reports of `finegrain-analyze fuzziness` / `rated-triplets` (the CLI only parses flags)
+
+
+def embedding_model(cfg, model_dir: str = "", backbone: str = "", weights: str = "") -> keras.Model:
+    """The embedding a report measures: a trained pairs run's tower (`model_dir`), or the pooled
+    features of a backbone (e.g. ResNet50 with ImageNet weights, the thesis's Table 5.7 model)."""
+    if model_dir:
+        from finegrain_tf.train.run_dir import RunDir
+        return RunDir(model_dir).load_model()
+    if not backbone:
+        raise ValueError("give a trained run (model_dir) or a backbone name for the embedding")
+    return siamese.pooled_backbone(backbone, cfg.data.image_size, weights or None, "pooled_features")
+
+
+def fuzziness_report(cfg, embedder: keras.Model, split: str = "train", plot_path: str = "") -> dict:
+    """Table 5.7's row for the pair set that `cfg` samples (its train or eval split)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    task = PairsTask(cfg)
+    pairs = task.split(split)
+    index = np.unique(np.concatenate([pairs.left, pairs.right]))
+    emb = embed_photos(embedder, task.photos, cfg.data.image_size, index, mean_pixel=task._mean_pixel)
+    left, right = np.searchsorted(index, pairs.left), np.searchsorted(index, pairs.right)
+    report = fuzziness_statistics(emb, left, right, pairs.labels)
+    report["split"] = split
+    report["pair_counts"] = task.data_info.counts.get(split, task.data_info.counts)
+    if plot_path:
+        report["plot"] = plot_histograms(plot_path, emb, left, right, pairs.labels,
+                                         title=f"{split} pair distances ({len(pairs.labels)} pairs)")
+    return report
+
+
+def rated_triplet_report(path: str, embedder: keras.Model, image_size: int) -> dict:
+    """Triplet accuracy of an embedding on the decisive triplets of a rated-triplet file (§5.3)."""
+    rated = rated_triplets.load_rated_triplets(path)
+    if not rated.decisive.any():
+        raise ValueError(f"{path}: no decisive triplet (a_closer / b_closer) to score")
+    paths = sorted(set(rated.query) | set(rated.a) | set(rated.b))
+    photos = geo.GeoPhotos.from_paths(paths)
+    emb = embed_photos(embedder, photos, image_size)
+    position = {p: i for i, p in enumerate(paths)}
+    take = lambda names: emb[[position[p] for p, keep in zip(names, rated.decisive) if keep]]  # noqa: E731
+    accuracy = triplet_accuracy(take(rated.query), take(rated.a), take(rated.b), rated.closer)
+    return {"triplets": len(rated), "decisive": int(rated.decisive.sum()), "ratings": rated.counts(),
+            "triplet_accuracy": accuracy}
 
