@@ -43,6 +43,7 @@ Everything is computed in float64.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 
@@ -335,3 +336,41 @@ def medoid_indices(features, labels, metric: str = "euclidean", chunk_size: int 
     classes = np.unique(np.asarray(labels))
     return classes, class_medoids(_Distances(x, metric), y_idx, counts.size, chunk_size)
 
+
+
+def plot_granularity(features, labels, per_sample: dict, path: str, max_classes: int = 40) -> str:
+    """Two panels: the features in 2-D (PCA, coloured by class) and, for the first measure of
+    `per_sample` ({measure: per-sample terms}), the mean term of every class, sorted (axis from 0);
+    the title lists every measure's dataset value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    if not per_sample:
+        raise ValueError("per_sample is empty: give at least one measure")
+    x = np.asarray(features, np.float64).reshape(len(labels), -1)
+    labels = np.asarray(labels)
+    classes, y_idx = np.unique(labels, return_inverse=True)
+    xy = PCA(n_components=2).fit_transform(x) if x.shape[1] > 2 else np.pad(x, ((0, 0), (0, 2 - x.shape[1])))
+    measure, terms = next(iter(per_sample.items()))
+    per_class = np.bincount(y_idx, weights=np.asarray(terms, np.float64)) / np.bincount(y_idx)
+    order = np.argsort(per_class)[::-1][:max_classes]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    left.scatter(xy[:, 0], xy[:, 1], c=y_idx, cmap="tab20", s=8)
+    left.set_title(f"features (PCA to 2-D), {len(classes)} classes, {len(labels)} images", fontsize=9)
+    right.bar(range(len(order)), per_class[order], color="tab:purple")
+    right.set_xticks(range(len(order)))
+    right.set_xticklabels([str(classes[i]) for i in order], rotation=90, fontsize=7)
+    right.set_ylim(min(0.0, float(per_class.min()) * 1.1), max(float(per_class.max()) * 1.1, 1e-9))
+    right.set_ylabel(f"class mean of the {measure} terms")
+    right.set_title(f"per-class {measure} (finest first" + (f", top {max_classes}" if len(classes) > max_classes
+                                                             else "") + ")", fontsize=9)
+    fig.suptitle("granularity: " + ", ".join(f"{m} = {float(np.mean(t)):.4f}" for m, t in per_sample.items()),
+                 fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

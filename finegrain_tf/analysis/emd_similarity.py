@@ -238,11 +238,47 @@ def plot_top_classes(selections: Mapping[str, SourceSelection], path: str,
         ax.barh(np.arange(len(idx))[::-1], sims, color="tab:blue")
         ax.set_yticks(np.arange(len(idx))[::-1])
         ax.set_yticklabels(labels, fontsize=8)
-        lo = float(sims.min()) if len(sims) else 0.0
+        # The axis starts at 0 so bar lengths compare honestly (0.9009 vs 0.9049 are 0.4% apart, not
+        # 10x); the values are printed on the bars for the fine differences.
         hi = float(sims.max()) if len(sims) else 1.0
-        ax.set_xlim(max(0.0, lo - 0.1 * (hi - lo + 1e-6)), hi + 0.05 * (hi - lo + 1e-6))
+        ax.set_xlim(0.0, hi * 1.15 if hi > 0 else 1.0)
+        for y, value in zip(np.arange(len(idx))[::-1], sims):
+            ax.text(value, y, f" {value:.4f}", va="center", fontsize=7)
         ax.set_title(f"top {len(idx)} source classes for {target}", fontsize=10)
         ax.set_xlabel("sim({(s_i, 1)}, T) = exp(-gamma EMD)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_flow(flow, path: str, emd: float, similarity: float, gamma: float,
+              source_names: Optional[Sequence[str]] = None, target_names: Optional[Sequence[str]] = None,
+              top: int = 25) -> str:
+    """Heat map of the optimal EMD flow f_ij (eq. 4.2) between the source and target classes that carry
+    the most mass (`top` of each), titled with EMD and sim = exp(-gamma EMD)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    flow = np.asarray(flow, np.float64)
+    rows = np.argsort(-flow.sum(axis=1), kind="stable")[:top]
+    cols = np.argsort(-flow.sum(axis=0), kind="stable")[:top]
+    shown = flow[np.ix_(rows, cols)]
+    fig, ax = plt.subplots(figsize=(2.5 + 0.3 * len(cols), 2.0 + 0.25 * len(rows)))
+    image = ax.imshow(shown, cmap="viridis", aspect="auto", vmin=0.0)
+    name = (lambda names, i: names[i] if names is not None else str(i))
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([name(source_names, i) for i in rows], fontsize=7)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([name(target_names, j) for j in cols], fontsize=7, rotation=90)
+    ax.set_ylabel(f"source classes (top {len(rows)} of {flow.shape[0]} by flow)")
+    ax.set_xlabel(f"target classes (top {len(cols)} of {flow.shape[1]})")
+    ax.set_title(f"EMD = {emd:.4g}, sim = exp(-{gamma:g} EMD) = {similarity:.4f}\n"
+                 f"shown flow: {shown.sum():.1%} of the total", fontsize=9)
+    fig.colorbar(image, ax=ax, label="flow f_ij")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)

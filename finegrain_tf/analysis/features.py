@@ -1,7 +1,7 @@
 """Feature extraction for the analyses of seed 000 §4.3 (g(s), eq. 4.1) and chapter 6.
 
 * :func:`extract_features` runs any Keras model or layer over a batched ``tf.data`` dataset of
-  ``(images, labels)`` with a progress bar and returns all features (for granularity, which needs
+  ``(images, labels)`` with a progress bar (total and ETA) and returns all features (for granularity, which needs
   per-sample features).
 * :func:`class_means` streams the same pass into per-class feature sums and counts (for domain
   similarity, which needs only the class means g(s_i) and image counts), so nothing but a [C, D]
@@ -16,6 +16,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 from absl import logging
+
+from finegrain_tf.utils.progress import ProgressBar
 
 
 def feature_model(model, layer_name: str = "embedding"):
@@ -51,24 +53,21 @@ def _split_element(element):
                      f"{type(element).__name__}")
 
 
-def _iterate(model_or_layer, dataset, max_batches: Optional[int], progress: bool, desc: str):
+def _iterate(model_or_layer, dataset, max_batches: Optional[int], progress: bool, desc: str,
+             total: Optional[int] = None):
     """Yields (features [B, F] float32 numpy, labels [B] int64 numpy) per batch."""
     import tensorflow as tf
-    from tqdm.auto import tqdm
 
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches!r}")
     if not callable(model_or_layer):
         raise ValueError(f"model_or_layer must be a callable Keras model or layer, got {model_or_layer!r}")
-    total = None
-    if isinstance(dataset, tf.data.Dataset):
+    if total is None and isinstance(dataset, tf.data.Dataset):
         card = int(dataset.cardinality())
-        if card >= 0:
-            total = card
+        total = card if card >= 0 else None
     if max_batches is not None:
         total = max_batches if total is None else min(total, max_batches)
-    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False)
-    try:
+    with ProgressBar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
         for step, element in enumerate(dataset):
             if max_batches is not None and step >= max_batches:
                 break
@@ -84,12 +83,10 @@ def _iterate(model_or_layer, dataset, max_batches: Optional[int], progress: bool
                 raise ValueError(f"batch has {feats.shape[0]} features but {lab.shape[0]} labels")
             bar.update(1)
             yield feats, lab
-    finally:
-        bar.close()
 
 
 def extract_features(model_or_layer, dataset, *, max_batches: Optional[int] = None,
-                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     progress: bool = True, total: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """Features of every image: ([N, F] float32 (model outputs flattened), [N] int64 labels).
 
     Args:
@@ -97,10 +94,11 @@ def extract_features(model_or_layer, dataset, *, max_batches: Optional[int] = No
         see :func:`feature_model` to cut a trained classifier at its "embedding" layer.
       dataset: batched iterable of (images, labels) (a ``tf.data.Dataset`` gets a sized progress bar).
       max_batches: stop after this many batches.
-      progress: show a tqdm progress bar.
+      progress: show a progress bar (`finegrain_tf.utils.progress`: count, total and ETA).
+      total: number of batches, when the dataset cannot tell (e.g. after `ignore_errors`).
     """
     feats, labs = [], []
-    for f, lab in _iterate(model_or_layer, dataset, max_batches, progress, "features"):
+    for f, lab in _iterate(model_or_layer, dataset, max_batches, progress, "features", total):
         feats.append(f)
         labs.append(lab)
     if not feats:

@@ -21,6 +21,9 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
+from absl import logging
+
+from finegrain_tf.data import decode, loaders
 
 PATH_KEYS = ("path", "image_path", "image", "file")
 LABEL_KEYS = ("label", "class", "class_name")
@@ -133,3 +136,51 @@ def encode_labels(labels: Sequence[str], class_names: Sequence[str], where: str)
                              f"({list(class_names)[:5]}...)")
         ids.append(index[key])
     return np.asarray(ids, np.int64)
+
+
+def verify_rows(rows: Manifest, class_names: Sequence[str], limits: decode.DecodeLimits, where: str):
+    """(files, labels, skipped, too_large) of manifest rows, with the folder loader's rules: an image
+    listed twice for the same class counts once; missing, corrupt and oversized images are skipped,
+    counted and named in a warning."""
+    labels = encode_labels(rows.labels, class_names, where)
+    seen, files, kept_labels, duplicates = set(), [], [], 0
+    for path, label in zip(rows.paths, labels):
+        key = (os.path.realpath(path), int(label))
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        files.append(path)
+        kept_labels.append(label)
+    if duplicates:
+        logging.warning("%s: %d rows repeat an image already listed for the same class; each image counts "
+                        "once", where, duplicates)
+    skipped, too_large = loaders.find_bad_images(files, limits)
+    if skipped:
+        bad = set(skipped)
+        logging.warning("%s: skipped %d images (%d missing, corrupt or unreadable, %d over the decode "
+                        "limits: %s); first: %s", where, len(skipped), len(skipped) - len(too_large),
+                        len(too_large), limits.describe(), skipped[0])
+        keep = [i for i, f in enumerate(files) if f not in bad]
+        files, kept_labels = [files[i] for i in keep], [kept_labels[i] for i in keep]
+    if not files:
+        raise ValueError(f"{where}: none of the {len(rows)} listed images is usable")
+    return np.asarray(files, dtype=str), np.asarray(kept_labels, np.int64), skipped, too_large
+
+
+def load_manifest(path: str, split: str = "", limits: decode.DecodeLimits = decode.DEFAULT_LIMITS):
+    """(dataset of (uint8 image [H, W, 3], int64 label) in file order, class names, number of files).
+
+    `split` selects the rows of one split ("" = every row). Images are verified first (see
+    `verify_rows`); the stream drops any that fail later.
+    """
+    rows = read_manifest(path)
+    if split:
+        if rows.splits is None:
+            raise ValueError(f"manifest {path!r} has no split column to select {split!r} from")
+        rows = rows.select(split)
+        if not len(rows):
+            raise ValueError(f"manifest {path!r} has no row with split {split!r}")
+    class_names = class_names_of(rows.labels)
+    files, labels, _, _ = verify_rows(rows, class_names, limits, f"manifest {path}")
+    return loaders.folder_dataset(files, labels, limits), class_names, len(files)

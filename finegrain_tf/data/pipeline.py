@@ -271,33 +271,6 @@ def _index_folder(data_cfg, keep_fn) -> _Index:
                   link_loops=[f for info in infos for f in info.link_loops])
 
 
-def _verified_rows(rows: manifest.Manifest, class_names: list, limits: decode.DecodeLimits, where: str):
-    """(files, labels, skipped, too_large) of manifest rows: duplicates within a class counted once,
-    missing / corrupt / oversized images skipped (as the folder loader does)."""
-    labels = manifest.encode_labels(rows.labels, class_names, where)
-    seen, files, kept_labels, duplicates = set(), [], [], 0
-    for path, label in zip(rows.paths, labels):
-        key = (os.path.realpath(path), int(label))
-        if key in seen:
-            duplicates += 1
-            continue
-        seen.add(key)
-        files.append(path)
-        kept_labels.append(label)
-    if duplicates:
-        logging.warning("%s: %d rows repeat an image already listed for the same class; each image counts "
-                        "once", where, duplicates)
-    skipped, too_large = loaders.find_bad_images(files, limits)
-    if skipped:
-        bad = set(skipped)
-        logging.warning("%s: skipped %d images (%d missing, corrupt or unreadable, %d over the decode "
-                        "limits: %s); first: %s", where, len(skipped), len(skipped) - len(too_large),
-                        len(too_large), limits.describe(), skipped[0])
-        keep = [i for i, f in enumerate(files) if f not in bad]
-        files, kept_labels = [files[i] for i in keep], [kept_labels[i] for i in keep]
-    return np.asarray(files, dtype=str), np.asarray(kept_labels, np.int64), skipped, too_large
-
-
 def _index_manifest(data_cfg, keep_fn) -> _Index:
     if not data_cfg.data_dir:
         raise ValueError("data.name='manifest' needs data.data_dir (a CSV or JSONL file of path,label[,split] "
@@ -318,12 +291,12 @@ def _index_manifest(data_cfg, keep_fn) -> _Index:
         train_rows = eval_rows = rows
     class_names = manifest.class_names_of(train_rows.labels)  # eval rows must use these classes
     limits = _limits(data_cfg)
-    train_files, train_labels, skipped, too_large = _verified_rows(train_rows, class_names, limits,
+    train_files, train_labels, skipped, too_large = manifest.verify_rows(train_rows, class_names, limits,
                                                                    f"manifest {rows.source}")
     if eval_rows is train_rows:
         eval_files, eval_labels = train_files, train_labels
     else:
-        eval_files, eval_labels, eval_skipped, eval_too_large = _verified_rows(
+        eval_files, eval_labels, eval_skipped, eval_too_large = manifest.verify_rows(
             eval_rows, class_names, limits, f"manifest {data_cfg.eval_manifest or rows.source} (eval)")
         skipped, too_large = skipped + eval_skipped, too_large + eval_too_large
     mapping, names = keep_fn(class_names)
