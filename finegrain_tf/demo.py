@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -53,6 +52,7 @@ def main(argv):
     from finegrain_tf.serving import Client, SessionServable, export_from_model_dir, start_server_process
     from finegrain_tf.serving import load_model_dir, verify_export
     from finegrain_tf.train import config, loop
+    from finegrain_tf.train.run_dir import RunDir
 
     logging.set_verbosity(logging.WARNING)  # the demo prints its own summary of each stage
     started = time.time()
@@ -78,7 +78,7 @@ def main(argv):
         cfg2 = config.build_config(
             FLAGS.config + finetune,
             list(FLAGS.set) + [f"train.model_dir={model_dir}",
-                               f"model.weights={os.path.join(stage1_dir, 'backbone.weights.h5')}"])
+                               f"model.weights={RunDir(stage1_dir).backbone_weights_path}"])
         runs.append(("stage 2", cfg2))
     else:
         model_dir = stage1_dir
@@ -94,7 +94,7 @@ def main(argv):
         reports[name] = result.report
         print(f"{name} trained in {result.seconds:.1f}s")
     if cfg.data.imbalance_factor > 1:
-        counts = json.load(open(os.path.join(stage1_dir, "class_counts.json")))
+        counts = RunDir(stage1_dir).load_class_counts()
         print(f"\ntrain split made long-tailed (imbalance factor {cfg.data.imbalance_factor:g}): "
               f"{max(counts)} images in the largest class, {min(counts)} in the smallest; "
               f"head = classes with >= {cfg.train.many_threshold} images")
