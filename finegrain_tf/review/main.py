@@ -1,4 +1,4 @@
-"""`finegrain-review`: manage the label store and run the review app.
+"""finegrain-review: manage the label store and run the review app.
 
     finegrain-review add-labeler NAME --db URL        prints the new labeler's token (once)
     finegrain-review serve --db URL --host H --port P [--image_root DIR]
@@ -151,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "port", 1) is not None and not 0 < getattr(args, "port", 1) < 65536:
-        parser.error(f"--port must be in 1..65535, got {args.port}")
+    if args.command == "serve":
+        if not 0 < args.port < 65536:
+            parser.error(f"--port must be in 1..65535, got {args.port}")
+        if args.max_body_bytes < 1024:
+            parser.error(f"--max_body_bytes must be at least 1024, got {args.max_body_bytes}")
     from sqlalchemy.exc import SQLAlchemyError
 
     try:

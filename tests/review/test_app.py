@@ -189,6 +189,7 @@ def test_cli(tmp_path):
     (("add-labeler", "x", "--db", "mysql://h/db"), "sqlite:///FILE or postgresql"),
     (("add-labeler", "x", "--db", "sqlite://"), "in-memory"),
     (("serve", "--db", "sqlite:///{tmp}/a.db", "--port", "0"), "--port must be in 1..65535, got 0"),
+    (("serve", "--max_body_bytes", "10"), "--max_body_bytes must be at least 1024, got 10"),
     (("serve", "--db", "sqlite:///{tmp}/a.db", "--image_root", "/no/such/dir"), "is not a folder"),
     (("import-classes", "/no/such.yaml", "--db", "sqlite:///{tmp}/a.db"), "No such file"),
     (("import-classes", "{tmp}/list.yaml", "--db", "sqlite:///{tmp}/a.db"),
