@@ -14,8 +14,17 @@ def predict_logits(model: keras.Model, dataset: tf.data.Dataset, max_batches: in
                    num_classes: int | None = None):
     """Runs `model` over a dataset of (images, labels) batches; returns (logits, labels) arrays.
 
-    `num_classes` keeps the first columns only (the real classes of the hard-negative baselines)."""
-    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    `num_classes` keeps the first columns only (the real classes of the hard-negative baselines).
+    Multi-crop batches [B, V, S, S, 3] (`data.eval_crops=12`) score each image by the log of its
+    class probabilities averaged over the V views."""
+    def views_forward(images):
+        shape = tf.shape(images)
+        probs = tf.nn.softmax(tf.cast(model(tf.reshape(images, tf.concat([[-1], shape[2:]], 0)),
+                                            training=False), tf.float32))
+        return tf.math.log(tf.reduce_mean(tf.reshape(probs, [shape[0], shape[1], -1]), axis=1) + 1e-12)
+
+    forward = tf.function(lambda images: views_forward(images) if images.shape.rank == 5
+                          else model(images, training=False), reduce_retracing=True)
     logits, labels = [], []
     for i, (images, batch_labels) in enumerate(dataset):
         if max_batches and i >= max_batches:
