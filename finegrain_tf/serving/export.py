@@ -20,8 +20,9 @@ from typing import Sequence
 import tensorflow as tf
 from absl import logging
 
+from finegrain_tf.data.decode import DEFAULT_LIMITS, DecodeLimits
 from finegrain_tf.serving import layout
-from finegrain_tf.serving.export_module import ExportModule, ImagePreprocessing
+from finegrain_tf.serving.export_module import ExportModule, ImagePreprocessing, preprocessing_of
 from finegrain_tf.serving.gallery import load_gallery, model_fingerprint
 from finegrain_tf.serving.verify import check_finite_weights
 from finegrain_tf.serving.warmup import write_warmup
@@ -81,6 +82,8 @@ def _info(model_name, version, preprocess, module, index, fingerprint) -> dict:
     return {
         "model_name": model_name, "version": version,
         "image_size": preprocess.image_size, "resize_size": preprocess.resize_size,
+        "decode_limits": {"max_pixels": preprocess.limits.max_pixels,
+                          "max_aspect_ratio": preprocess.limits.max_aspect_ratio},
         "input": "encoded JPEG/PNG/GIF/BMP bytes (classify_tensor: [H, W, 3] pixels in [0, 255]; "
                  "classify_examples: tf.Example with image/encoded)",
         "preprocessing": "finegrain_tf.data.preprocessing.decode_image + preprocess_eval (resize the shorter "
@@ -95,7 +98,8 @@ def _info(model_name, version, preprocess, module, index, fingerprint) -> dict:
 
 def export_model(model, base_path: str, model_name: str = "finegrain", version: int | None = None, *,
                  class_names: Sequence[str], image_size: int, resize_size: int = 0, top_k: int = 5,
-                 gallery=None, index_options: dict | None = None, warmup: bool = True) -> str:
+                 gallery=None, index_options: dict | None = None, decode_limits: DecodeLimits = DEFAULT_LIMITS,
+                 warmup: bool = True) -> str:
     """Exports `model` (float32 [None, S, S, 3] in [0, 255] -> logits [None, C]) for TF Serving.
 
     Args:
@@ -108,6 +112,8 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
         gallery: None, an image folder, a .npz (`embeddings`, `ids`[, `model_fingerprint`]) or an
             (embeddings, ids) pair; adds the `lookup` signature.
         index_options: keyword arguments of `finegrain_tf.retrieval.build_index` (kind, nlist, nprobe, seed).
+        decode_limits: largest image the served graph decodes (default 40 MP, aspect ratio 1:50); a
+            larger one is answered INVALID_ARGUMENT naming its size, before it is decoded.
         warmup: write `assets.extra/tf_serving_warmup_requests`.
 
     Returns:
@@ -115,7 +121,7 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
     """
     export_dir, version = layout.version_dir(base_path, model_name, version)
     check_finite_weights(model)
-    preprocess = ImagePreprocessing(image_size, resize_size)
+    preprocess = ImagePreprocessing(image_size, resize_size, decode_limits)
     module = ExportModule(model, class_names, preprocess, top_k)
     fingerprint = model_fingerprint(model)
     index, gallery_ids = None, []
@@ -128,14 +134,14 @@ def export_model(model, base_path: str, model_name: str = "finegrain", version: 
 
 def export_from_model_dir(model_dir: str, base_path: str, model_name: str | None = None,
                           version: int | None = None, gallery=None, top_k: int | None = None,
-                          index_options: dict | None = None) -> str:
+                          index_options: dict | None = None, decode_limits: DecodeLimits = DEFAULT_LIMITS) -> str:
     """Exports a training run's model dir (params.yaml, model.keras, class_names.txt); returns the export dir."""
     model, params, class_names = load_model_dir(model_dir)
     return export_model(model, base_path, model_name or params.export.model_name, version,
                         class_names=class_names, image_size=params.data.image_size,
                         resize_size=params.data.resize_size,
                         top_k=top_k if top_k is not None else params.export.top_k, gallery=gallery,
-                        index_options=index_options)
+                        index_options=index_options, decode_limits=decode_limits)
 
 
 def export_gallery_update(source_dir: str, gallery, version: int | None = None,
@@ -157,7 +163,7 @@ def export_gallery_update(source_dir: str, gallery, version: int | None = None,
         out = restored.model_outputs(pixels)
         return out["logits"], out.get("embedding")
 
-    preprocess = ImagePreprocessing(info["image_size"], info["resize_size"])
+    preprocess = preprocessing_of(info)
     module = ExportModule(model, layout.read_class_names(source_dir), preprocess, info["top_k"],
                           num_classes=info["num_classes"], embedding_dim=info["embedding_dim"])
     module.source_model = restored  # tracks the restored variables into the new SavedModel

@@ -14,6 +14,8 @@ import sys
 
 from absl import app, flags
 
+from finegrain_tf.utils import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Training run directory (params.yaml, model.keras, class_names.txt).")
 flags.DEFINE_string("export_base", None, "Base path; the export goes to <export_base>/<model_name>/<version>.")
@@ -27,6 +29,9 @@ flags.DEFINE_string("gallery_index", "auto", "Index kind of finegrain_tf.retriev
                     "search for small galleries, approximate above).")
 flags.DEFINE_integer("nlist", None, "Inverted lists of an IVF index (default: about 4 sqrt(N)).")
 flags.DEFINE_integer("nprobe", None, "Lists an IVF lookup scans by default (a request may pass its own).")
+flags.DEFINE_integer("max_image_pixels", 40_000_000, "Largest image (pixels) the served graph decodes; a "
+                     "larger one is refused with INVALID_ARGUMENT before decoding.")
+flags.DEFINE_float("max_image_aspect_ratio", 50.0, "Largest long side / short side the served graph decodes.")
 flags.DEFINE_integer("top_k", None, "Classes / neighbours returned (default: export.top_k of params.yaml).")
 flags.DEFINE_bool("verify", True, "Verify the export through the session loader against the Keras model.")
 
@@ -61,9 +66,12 @@ def main(argv):
         else:
             if not FLAGS.model_dir or not FLAGS.export_base:
                 raise app.UsageError("give --model_dir and --export_base (or --from_export and --gallery)")
+            from finegrain_tf.data.decode import DecodeLimits
+
+            limits = DecodeLimits(FLAGS.max_image_pixels, FLAGS.max_image_aspect_ratio)
             export_dir = export.export_from_model_dir(FLAGS.model_dir, FLAGS.export_base, FLAGS.model_name,
                                                       FLAGS.version, FLAGS.gallery, FLAGS.top_k,
-                                                      options if FLAGS.gallery else None)
+                                                      options if FLAGS.gallery else None, limits)
             model = export.load_model_dir(FLAGS.model_dir)[0]
         if FLAGS.verify and model is not None:
             verify.verify_export(export_dir, model)
@@ -76,7 +84,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __name__)  # --help lists this module's flags and exits 0
 
 
 if __name__ == "__main__":

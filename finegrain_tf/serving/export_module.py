@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from finegrain_tf.data import preprocessing
+from finegrain_tf.data.decode import DEFAULT_LIMITS, DecodeLimits, decode_image
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"  # tf.saved_model.CLASSIFY_METHOD_NAME in TF1
 CLASSIFY_INPUTS = "inputs"  # the input key TF Serving's Classify handler feeds
@@ -53,18 +54,22 @@ class ImagePreprocessing:
     Attributes:
       image_size: side S of the model input.
       resize_size: shorter side before the centre crop (0 = `default_resize_size(S)`).
+      limits: largest image decoded (pixels, aspect ratio): the header is read first
+        (`finegrain_tf.data.decode`) and a larger one is refused with INVALID_ARGUMENT naming its size
+        before any allocation proportional to it.
     """
 
     image_size: int
     resize_size: int = 0
+    limits: DecodeLimits = DEFAULT_LIMITS
 
     def __post_init__(self):
-        size, resize = preprocessing._check_sizes(self.image_size, self.resize_size)
+        _, resize = preprocessing.check_sizes(self.image_size, self.resize_size)
         object.__setattr__(self, "resize_size", resize)
 
     def decode(self, encoded: tf.Tensor) -> tf.Tensor:
-        """One encoded image (scalar string) -> uint8 [H, W, 3]."""
-        return preprocessing.decode_image(encoded)
+        """One encoded image (scalar string) -> uint8 [H, W, 3], refused above the limits."""
+        return decode_image(encoded, self.limits)
 
     def from_bytes(self, encoded: tf.Tensor) -> tf.Tensor:
         """One encoded image -> float32 [S, S, 3] in [0, 255]."""
@@ -91,6 +96,12 @@ class ImagePreprocessing:
                 tf.logical_or(tf.equal(tf.size(images), 0), tf.logical_and(low >= 0.0, high <= 255.0)),
                 ["images must be pixel values in [0, 255]; got min", low, "max", high])]):
             return tf.identity(images)
+
+
+def preprocessing_of(info: dict) -> ImagePreprocessing:
+    """The ImagePreprocessing recorded in an export's export_info.json."""
+    limits = DecodeLimits(**info["decode_limits"]) if "decode_limits" in info else DEFAULT_LIMITS
+    return ImagePreprocessing(info["image_size"], info["resize_size"], limits)
 
 
 def embedding_model(model):

@@ -17,7 +17,7 @@ from absl import logging
 
 from finegrain_tf.serving import layout
 from finegrain_tf.serving.export_module import (EXAMPLE_SIGNATURES, TENSOR_SIGNATURES, ImagePreprocessing,
-                                                embedding_model, normalized_embedding)
+                                                embedding_model, normalized_embedding, preprocessing_of)
 from finegrain_tf.serving.servable import SessionServable, unservable_ops
 from finegrain_tf.serving.warmup import image_example, sample_images
 
@@ -150,7 +150,7 @@ def verify_export(export_dir: str, model, images: Sequence[bytes] | None = None,
     """
     check_finite_weights(model)
     info = layout.read_export_info(export_dir)
-    preprocess = ImagePreprocessing(info["image_size"], info["resize_size"])
+    preprocess = preprocessing_of(info)
     class_names = layout.read_class_names(export_dir)
     images = list(images) if images is not None else sample_images(info["image_size"], 3)
     tensors = [tf.io.decode_image(b, channels=3, expand_animations=False).numpy() for b in images]

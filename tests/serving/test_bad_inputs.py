@@ -117,6 +117,7 @@ def test_export_from_a_dir_that_is_not_a_run_or_an_export(tmp_path):
         export.export_gallery_update(str(tmp_path), _gallery())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--gallery_index=lsh", "--gallery=g.npz"], "--gallery_index must be one of"),
     (["--nlist=8"], "need a --gallery"),
@@ -194,9 +195,15 @@ def _classify(examples, signature="classify_examples"):
         input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=examples)))
 
 
-def _png_header_only(width, height):
-    """A valid tiny PNG declaring `width` x `height` (a few hundred bytes once compressed)."""
+def _bomb(width, height=1):
+    """A valid PNG of `width` x `height` black pixels: a few hundred bytes once compressed."""
     return tf.io.encode_png(np.zeros((height, width, 1), np.uint8)).numpy()
+
+
+def _examples(*images):
+    from finegrain_tf.serving.warmup import image_example
+
+    return [image_example(b) for b in images]
 
 
 GRPC_CASES = {
@@ -218,6 +225,12 @@ GRPC_CASES = {
                     "empty batch"),
     "undecodable image": ("Predict", lambda: _request(np.array([b"\x89PNG garbage"], dtype=object)),
                           grpc.StatusCode.INVALID_ARGUMENT, "image"),
+    "decompression bomb 1x120000 PNG": ("Predict", lambda: _request(np.array([_bomb(120000)], dtype=object)),
+                                        grpc.StatusCode.INVALID_ARGUMENT, "image of 120000x1 pixels"),
+    "bomb sent to Classify": ("Classify", lambda: _classify(_examples(_bomb(120000))),
+                              grpc.StatusCode.INVALID_ARGUMENT, "image of 120000x1 pixels"),
+    "aspect ratio 1:60": ("Predict", lambda: _request(np.array([_bomb(60, 1)], dtype=object)),
+                          grpc.StatusCode.INVALID_ARGUMENT, "aspect ratio of 1:50"),
     "NaN pixel": ("Predict", lambda: _request(_pixels(np.nan), signature="classify_tensor"),
                   grpc.StatusCode.INVALID_ARGUMENT, "finite pixel values"),
     "pixel above 255": ("Predict", lambda: _request(_pixels(300.0), signature="classify_tensor"),
@@ -273,6 +286,7 @@ REST_CASES = {
                                            "instances": [[[[1, 2, 3]]], [[[1, 2]]]]}, 400, "ragged"),
     "unknown input name": ("POST", ":predict", {"inputs": {"pictures": ["x"]}}, 400, "unknown input(s) ['pictures']"),
     "undecodable image": ("POST", ":predict", {"instances": [_b64(b"not an image")]}, 400, "image"),
+    "decompression bomb": ("POST", ":predict", {"instances": [_b64(_bomb(120000))]}, 400, "image of 120000x1 pixels"),
     "unknown signature": ("POST", ":predict", {"signature_name": "nope", "instances": [_b64(b"x")]}, 404, "'nope'"),
     "unknown model": ("POST", "/../nope:predict", {"instances": [_b64(b"x")]}, 404, "'nope'"),
     "unknown label": ("POST", "/labels/canary:predict", {"instances": [_b64(b"x")]}, 404, "'canary'"),
@@ -305,6 +319,7 @@ def test_rest_unknown_path_is_404(server):
 
 
 # -- finegrain-predict -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_predict_reports_unreadable_and_undecodable_files_by_name(server, tmp_path):
     good = tmp_path / "good.png"
     good.write_bytes(random_images(1)[0])
@@ -320,3 +335,28 @@ def test_predict_reports_unreadable_and_undecodable_files_by_name(server, tmp_pa
     assert f"{bad}: " in out.stderr and "image" in out.stderr.split(f"{bad}: ")[1].splitlines()[0]
     rows = [line.split() for line in out.stdout.splitlines()[2:]]
     assert {r[0] for r in rows} == {str(good)} and len(rows) == TOP_K
+
+
+def test_export_time_decode_limits_are_served_and_recorded(tmp_path):
+    """Limits given at export time: the served graph refuses a 40x40 image above max_pixels=1000,
+    naming its size and the limit, and export_info.json records them."""
+    from finegrain_tf.data.decode import DecodeLimits
+    from finegrain_tf.serving import export
+    from finegrain_tf.serving.servable import RequestError, SessionServable
+
+    export_dir = export.export_model(build_tiny_model(), str(tmp_path), MODEL_NAME, class_names=CLASS_NAMES,
+                                     image_size=IMAGE_SIZE, resize_size=RESIZE_SIZE, top_k=TOP_K,
+                                     decode_limits=DecodeLimits(max_pixels=1000, max_aspect_ratio=2.0),
+                                     warmup=False)
+    info = json.load(open(os.path.join(export_dir, "assets", "export_info.json")))
+    assert info["decode_limits"] == {"max_pixels": 1000, "max_aspect_ratio": 2.0}
+    servable = SessionServable(export_dir)
+    try:
+        ok = servable.run("classify", {"images": np.array([_bomb(30, 30)], dtype=object)})
+        assert ok["classes"].shape == (1, TOP_K)
+        for image, text in [(_bomb(40, 40), "image of 40x40 pixels"), (_bomb(30, 10), "aspect ratio of 1:2")]:
+            with pytest.raises(RequestError, match=text) as info:
+                servable.run("classify", {"images": np.array([image], dtype=object)})
+            assert info.value.code == "INVALID_ARGUMENT" and "at most 1000 pixels" in info.value.message
+    finally:
+        servable.close()
