@@ -60,6 +60,13 @@ class GeoPhotos:
     def __len__(self) -> int:
         return int(self.latitudes.size)
 
+    @classmethod
+    def from_paths(cls, paths, source: str = "") -> "GeoPhotos":
+        """Image files without geo tags (rated triplets, Middlebury views): zero metadata."""
+        zeros = np.zeros(len(paths))
+        return cls(zeros, zeros, zeros, np.asarray([""] * len(paths)), np.asarray([source] * len(paths)),
+                   paths=list(paths))
+
     def subset(self, keep: np.ndarray) -> "GeoPhotos":
         """The photos at indices (or where the boolean mask is True) `keep`."""
         index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, np.int64)

@@ -12,7 +12,9 @@ ring queries). Each photo of a place varies by the nuisances of a real photo col
 - time of day from the timestamp's hour (daylight, golden hour, night with lit windows),
 - season from the timestamp's month (snow, spring green, summer green, autumn orange),
 - weather (clear, overcast, fog, rain streaks) and people standing in front,
-- GPS noise of a few metres, a share of grayscale photos, a few byte-identical re-uploads,
+- GPS noise of a few metres, except for a share of photos snapped to the place's venue coordinates
+  (so that, as in the thesis's data, pairs within 1 m share their coordinates exactly),
+- a share of grayscale photos, a few byte-identical re-uploads,
 - time-lapse users: one camera at one place shooting bursts over months (the Barclays Center user),
   with a construction site growing over time,
 - "fuzzy" photos: taken at the place but showing something else (a selfie, an indoor shot) -- the
@@ -188,7 +190,8 @@ def _finish(img: np.ndarray, rng: np.random.Generator, grayscale: bool) -> np.nd
 
 
 def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: int = 64, seed: int = 0,
-                 num_users: int = 0, gps_noise_m: float = 3.0, fuzzy_share: float = 0.1,
+                 num_users: int = 0, gps_noise_m: float = 3.0, snap_share: float = 0.3,
+                 fuzzy_share: float = 0.1,
                  grayscale_share: float = 0.05, duplicate_share: float = 0.02,
                  neighbour_share: float = 0.2, timelapse_users: int = 1, timelapse_photos: int = 30,
                  seasons: tuple = (0, 1, 2, 3), hours: tuple = tuple(range(24)),
@@ -201,6 +204,7 @@ def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: i
       seed: the same seed gives identical bytes and metadata.
       num_users: photographers (0 = one per two places).
       gps_noise_m: standard deviation of the GPS error per coordinate, metres.
+      snap_share: share of photos placed exactly at their place's coordinates (no GPS noise).
       fuzzy_share, grayscale_share, duplicate_share: shares of unrelated, grayscale, re-uploaded photos.
       neighbour_share: share of places that sit 40-90 m from another with the same skyline palette.
       timelapse_users, timelapse_photos: time-lapse cameras and their photos each.
@@ -215,6 +219,7 @@ def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: i
         raise ValueError(f"image_size must be >= 16, got {image_size!r}")
     seed = checks.non_negative_int(seed, "seed")
     for name, share in (("fuzzy_share", fuzzy_share), ("grayscale_share", grayscale_share),
+                        ("snap_share", snap_share),
                         ("duplicate_share", duplicate_share), ("neighbour_share", neighbour_share)):
         checks.in_range(share, name, 0.0, 1.0)
     gps_noise_m = checks.in_range(gps_noise_m, "gps_noise_m", 0.0)
@@ -277,7 +282,8 @@ def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: i
         times[index] = when.timestamp() + hr * 3600 + r.uniform(0, 3600)
         place[index], hour[index] = k, hr
         season[index] = _season_of(datetime.datetime.fromtimestamp(times[index], datetime.timezone.utc).month)
-        noise = r.normal(0, gps_noise_m, 2) if gps_noise_m else np.zeros(2)
+        snapped = rec["timelapse"] or r.random() < snap_share  # a time-lapse camera stands still
+        noise = r.normal(0, gps_noise_m, 2) if gps_noise_m and not snapped else np.zeros(2)
         lat[index] = place_lat[k] + noise[0] / _METRES_PER_DEGREE
         lon[index] = place_lon[k] + noise[1] / metres_east
         users.append(f"user{rec['user']:04d}")

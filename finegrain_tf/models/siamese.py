@@ -59,7 +59,7 @@ def _embedding_layer(normalize: bool) -> keras.layers.Layer:
         keras.layers.Activation("linear", name="embedding", dtype="float32")
 
 
-def _pooled_backbone(backbone: str, input_size: int, weights, name: str) -> keras.Model:
+def pooled_backbone(backbone: str, input_size: int, weights, name: str) -> keras.Model:
     """image -> globally average-pooled backbone features [B, C] (C = 2048 for ResNet50)."""
     net = get_backbone(backbone, input_size, weights or None)
     inputs = keras.Input((input_size, input_size, 3), name="image")
@@ -69,7 +69,7 @@ def _pooled_backbone(backbone: str, input_size: int, weights, name: str) -> kera
 
 def _variant_network(backbone: str, input_size: int, weights, dim: int, activation: str) -> keras.Model:
     """V: backbone -> pooled features -> Dense(dim, He-normal) (the thesis's 1024-d variant output)."""
-    net = _pooled_backbone(backbone, input_size, weights, "variant_features")
+    net = pooled_backbone(backbone, input_size, weights, "variant_features")
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = keras.layers.Dense(dim, kernel_initializer="he_normal", name="variant_projection")(net(inputs))
     return keras.Model(inputs, x, name="variant")
@@ -89,7 +89,7 @@ def build_tower(backbone: str = "small_cnn", embedding_dim: int = 128, input_siz
       normalize: L2-normalise the embedding (else it is the raw projection).
     """
     _check_common(embedding_dim, activation, dropout)
-    features = _pooled_backbone(backbone, input_size, weights, "features")
+    features = pooled_backbone(backbone, input_size, weights, "features")
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = features(inputs)
     for i, units in enumerate(hidden_units):
@@ -156,7 +156,7 @@ def build_double_tower(mode: str = "variant", input_size: int = 224,
     v = variant(inputs)
     if mode == "variant":
         return keras.Model(inputs, _embedding_layer(normalize)(v), name="double_siamese_variant")
-    invariant = _pooled_backbone(invariant_backbone, input_size, invariant_weights, "invariant")
+    invariant = pooled_backbone(invariant_backbone, input_size, invariant_weights, "invariant")
     invariant.trainable = mode == "joint"
     i = invariant(inputs)
     if mode in ("concat", "joint"):

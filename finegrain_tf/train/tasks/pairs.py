@@ -299,33 +299,17 @@ class PairsTask(Task):
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         with tf.GradientTape() as tape:
             pair = tf.cast(model(images, training=True), tf.float32)
-            per_pair = self._loss(labels, pair)
-            loss = tf.nn.compute_average_loss(per_pair, global_batch_size=self.cfg.data.batch_size)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            loss = self.average_loss(self._loss(labels, pair), model)
         self.apply_gradients(tape, loss, model, optimizer, metrics)
         metrics["loss"].update_state(loss * replicas)
         metrics["accuracy"].update_state(tf.cast(labels, tf.float32), self._similar_score(pair))
 
     def apply_gradients(self, tape, loss, model, optimizer, metrics):
-        """The base step with gradient-norm clipping at `pairs.clip_norm` (§4.1.3). Under loss
-        scaling the gradients are scaled, so the bound is scaled alike; the recorded norm is the
-        unclipped, unscaled one."""
-        variables = model.trainable_variables
-        grads = tape.gradient(optimizer.scale_loss(loss), variables)
-        scale = tf.cast(getattr(optimizer, "dynamic_scale", 1.0), tf.float32)
-        present = [g for g in grads if g is not None]
-        grad_norm = tf.linalg.global_norm(present) / scale
+        """The base update, with the gradient's global norm clipped at `pairs.clip_norm` (§4.1.3:
+        "we clip the norms of our weight gradients at 1") by the optimizer itself."""
         if self.cfg.pairs.clip_norm > 0:
-            clipped, _ = tf.clip_by_global_norm(present, self.cfg.pairs.clip_norm * scale)
-            it = iter(clipped)
-            grads = [None if g is None else next(it) for g in grads]
-        finite = tf.math.is_finite(tf.cast(loss, tf.float32))
-        if self.check_gradients:
-            finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
-        optimizer.apply_gradients(zip(grads, variables))
-        metrics["grad_norm"].update_state(grad_norm)
-        metrics["nonfinite_steps"].update_state(1.0 - tf.cast(finite, tf.float32))
+            optimizer.global_clipnorm = self.cfg.pairs.clip_norm  # read by Keras' apply()
+        super().apply_gradients(tape, loss, model, optimizer, metrics)
 
     # -- evaluation and artifacts -------------------------------------------------------------------
 
