@@ -171,26 +171,3 @@ def test_features_of_a_manifest_split(tmp_path):
     assert z["features"].shape == (4, 5)
     assert list(z["class_names"]) == ["egret", "heron"]
     assert z["labels"].tolist() == [1, 0, 1, 0]  # rows 6..9: heron, egret, heron, egret
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["features", "--output=x.npz"], r"--model is required"),
-    (["features", "--model=/no/such/model.keras", "--output=x.npz"], r"--model='/no/such/model.keras': no such file"),
-    (["features", "--model=MODEL", "--output=x.npz"], r"--images is required"),
-    (["features", "--model=MODEL", "--images=/no/such/folder", "--output=x.npz"],
-     r"image folder '/no/such/folder' does not exist"),
-    (["features", "--model=MODEL", "--images=DIR", "--split=test", "--output=x.npz"], r"--split selects manifest rows"),
-    (["features", "--model=MODEL", "--images=DIR"], r"--output and/or --means_output"),
-    (["similarity", "--source=/no/such.npz", "--target=/no/such.npz"], r"finegrain-analyze similarity: .*no/such.npz"),
-    (["select", "--source=SRC", "--targets=SRC", "--k=ten"], r"--k must be integers, got \['ten'\]"),
-    (["similarity", "--source=SRC", "--target=SRC", "--gamma=0"], r"--gamma must be > 0, got 0.0"),
-    (["granularity", "--features=SRC"], r"finegrain-analyze granularity: .*is not a features file"),
-])
-def test_cli_bad_inputs_are_one_line_usage_errors(tmp_path, argv, message):
-    _model(tmp_path / "model.keras")
-    save_class_means(str(tmp_path / "src.npz"), np.eye(3), [2, 2, 2])
-    (tmp_path / "dir" / "a").mkdir(parents=True)
-    argv = [a.replace("MODEL", str(tmp_path / "model.keras")).replace("SRC", str(tmp_path / "src.npz"))
-            .replace("DIR", str(tmp_path / "dir")) for a in argv]
-    with pytest.raises(app.UsageError, match=message):
-        run_cli(argv)
