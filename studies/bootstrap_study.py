@@ -35,20 +35,22 @@ flags.DEFINE_string("output_dir", "studies/results", "where bootstrap.json / boo
 flags.DEFINE_string("run_dir", "runs/studies/bootstrap", "work directories of the rounds")
 flags.DEFINE_string("config", "configs/bootstrap_synthetic.yaml", "finegrain-train config of every model")
 flags.DEFINE_multi_string("set", [], "extra finegrain-train overrides for every model")
+flags.DEFINE_string("pretrain_config", "configs/metric_pretrain.yaml", "coarse pre-training every model starts from")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (data rendering, pool split, training)")
 flags.DEFINE_integer("rounds", 3, "bootstrapping rounds k")
 flags.DEFINE_float("threshold", 0.5, "D_i: top confidence > threshold")
 flags.DEFINE_float("error_rate", 0.05, "simulated labeler's probability of a wrong verdict")
 
 
-def train(manifest: str, hard_negatives: str, eval_manifest: str, model_dir: str, seed: int) -> float:
+def train(manifest: str, hard_negatives: str, eval_manifest: str, model_dir: str, seed: int,
+          extra: list) -> float:
     """Test top-1 of a model trained on `manifest` (+ hard negatives) with the rounds' recipe."""
     from finegrain_tf.bootstrap.rounds import data_overrides, default_train
     from finegrain_tf.train.run_dir import RunDir
 
-    overrides = list(FLAGS.set) + data_overrides(manifest, eval_manifest, hard_negatives) + [
+    overrides = extra + list(FLAGS.set) + data_overrides(manifest, eval_manifest, hard_negatives) + [
         f"train.model_dir={model_dir}", f"train.seed={seed}"]
-    if not RunDir(model_dir).exists(RunDir.EVAL_REPORT):
+    if not RunDir(model_dir).exists(RunDir.eval_report_path):
         default_train([FLAGS.config], overrides)
     return float(RunDir(model_dir).load_eval_report()["top1"])
 
@@ -84,13 +86,14 @@ def precision(manifest: str, truth: dict, seed_size: int) -> float:
 
 def run_seed(seed: int) -> dict:
     from finegrain_tf.bootstrap.rounds import Bootstrapper, BootstrapPlan
-    from finegrain_tf.bootstrap.simulate import SimulatedLabeler, prepare_synthetic
+    from finegrain_tf.bootstrap.simulate import SimulatedLabeler, prepare_synthetic, pretrain_backbone
 
     work = os.path.join(FLAGS.run_dir, f"seed{seed}")
     setup = prepare_synthetic(os.path.join(work, "synthetic"), seed=seed)
+    extra = [f"model.weights={pretrain_backbone(FLAGS.pretrain_config, os.path.join(work, 'pretrain'), seed)}"]
     plan = BootstrapPlan(work_dir=os.path.join(work, "rounds"), seed_manifest=setup.seed_manifest,
                          pool=setup.pool_manifest, train_configs=(FLAGS.config,),
-                         train_overrides=tuple(FLAGS.set), eval_manifest=setup.test_manifest,
+                         train_overrides=tuple(extra + FLAGS.set), eval_manifest=setup.test_manifest,
                          rounds=FLAGS.rounds, threshold=FLAGS.threshold, seed=seed)
     boot = Bootstrapper(plan, progress=False)
     labeler = SimulatedLabeler(boot.store, setup.truth, FLAGS.error_rate, seed=seed,
@@ -108,7 +111,7 @@ def run_seed(seed: int) -> dict:
         model_dir = os.path.join(boot.round_dir(i + 1), "model") if i < FLAGS.rounds else \
             os.path.join(work, "final_model")
         top1 = train(state["dataset_manifest"], state["hard_negatives"], setup.test_manifest, model_dir,
-                     seed)
+                     seed + i + 1, extra)
         reviewed = sum(s["counts"].get("proposed", 0) for s in states[:i])
         added = c["dataset"] - seed_size
         rounds.append({"round": i, "dataset": c["dataset"], "hard_negatives": c["hard_negatives"],
@@ -121,9 +124,11 @@ def run_seed(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     rnd_manifest, rnd_added = random_baseline(setup, budget, FLAGS.error_rate,
                                               os.path.join(work, "random_baseline.csv"), rng)
-    random_top1 = train(rnd_manifest, "", setup.test_manifest, os.path.join(work, "random_model"), seed)
+    final_seed = seed + FLAGS.rounds + 1  # the training seed of the final model on S_k ∪ H_k
+    random_top1 = train(rnd_manifest, "", setup.test_manifest, os.path.join(work, "random_model"),
+                        final_seed, extra)
     no_hn_top1 = train(last["dataset_manifest"], "", setup.test_manifest, os.path.join(work, "final_no_hn"),
-                       seed)
+                       final_seed, extra)
     return {"seed": seed, "rounds": rounds, "loop_seconds": round(seconds, 1),
             "s0_top1": rounds[0]["test_top1"], "final_top1": rounds[-1]["test_top1"],
             "final_without_hard_negatives_top1": no_hn_top1,
@@ -151,8 +156,9 @@ def main(argv):
         return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
     summary = {
-        "setup": "synthetic: 12 classes (3 per super-class) + 4 distractor classes; S_0 = 8 images per class; "
-                 "pool = the other 32 train images per class + 40 per distractor; test = 20 per class; "
+        "setup": "synthetic 32 px: 12 classes (3 per super-class) + 4 distractor classes; S_0 = 20 images per "
+                 "class; pool = the other 40 train images per class + 60 per distractor; test = 20 per class; "
+                 "every model starts from the coarse pre-training of --pretrain_config; "
                  f"{FLAGS.rounds} rounds, threshold {FLAGS.threshold}, labeler error rate {FLAGS.error_rate}",
         "config": FLAGS.config, "overrides": list(FLAGS.set),
         "per_seed": results,

@@ -15,8 +15,8 @@ Offline, with a simulated labeler answering from the pool's ground truth (its `l
 
     finegrain-bootstrap --simulate --work_dir=runs/boot_sim [--error_rate=0.05]
 
-(without --seed_manifest/--pool this renders the synthetic dataset first: S_0, a pool with distractor
-classes, and a test manifest).
+(without --seed_manifest/--pool this renders the synthetic dataset first -- S_0, a pool with distractor
+classes and a test manifest -- and trains a coarse pre-training that every round starts from).
 """
 
 import os
@@ -56,20 +56,24 @@ flags.DEFINE_float("error_rate", 0.0, "Simulated labelers: probability of a wron
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 SIMULATION_CONFIG = os.path.join("configs", "bootstrap_synthetic.yaml")
+PRETRAIN_CONFIG = os.path.join("configs", "metric_pretrain.yaml")
 
 
 def _simulation_inputs(work_dir):
-    """Seed/pool/eval manifests and the config for --simulate when the user gave none."""
-    from finegrain_tf.bootstrap.simulate import prepare_synthetic
+    """Seed/pool/eval manifests, configs and extra overrides for --simulate when the user gave none:
+    the synthetic setup, and a coarse pre-training (configs/metric_pretrain.yaml, the stand-in for
+    ImageNet weights) whose backbone every round starts from."""
+    from finegrain_tf.bootstrap.simulate import prepare_synthetic, pretrain_backbone
 
     if FLAGS.seed_manifest or FLAGS.pool:
-        return FLAGS.seed_manifest, FLAGS.pool, FLAGS.eval_manifest, FLAGS.config
-    if not FLAGS.config and not os.path.exists(SIMULATION_CONFIG):
-        raise app.UsageError(f"--simulate without --config needs {SIMULATION_CONFIG} (run from the "
-                             f"repository root) or pass --config")
+        return FLAGS.seed_manifest, FLAGS.pool, FLAGS.eval_manifest, FLAGS.config, []
+    for path in ([] if FLAGS.config else [SIMULATION_CONFIG]) + [PRETRAIN_CONFIG]:
+        if not os.path.exists(path):
+            raise app.UsageError(f"--simulate needs {path} (run from the repository root) or --config")
     setup = prepare_synthetic(os.path.join(work_dir, "synthetic"), seed=FLAGS.seed)
+    weights = pretrain_backbone(PRETRAIN_CONFIG, os.path.join(work_dir, "pretrain"), FLAGS.seed)
     return (setup.seed_manifest, setup.pool_manifest, FLAGS.eval_manifest or setup.test_manifest,
-            FLAGS.config or [SIMULATION_CONFIG])
+            FLAGS.config or [SIMULATION_CONFIG], [f"model.weights={weights}"])
 
 
 def _labelers(store, pool):
@@ -102,13 +106,13 @@ def main(argv):
     from finegrain_tf.bootstrap.rounds import Bootstrapper, BootstrapPlan
 
     try:
-        seed, pool, eval_manifest, configs = (_simulation_inputs(FLAGS.work_dir) if FLAGS.simulate else
-                                              (FLAGS.seed_manifest, FLAGS.pool, FLAGS.eval_manifest,
-                                               FLAGS.config))
+        seed, pool, eval_manifest, configs, extra = (
+            _simulation_inputs(FLAGS.work_dir) if FLAGS.simulate else
+            (FLAGS.seed_manifest, FLAGS.pool, FLAGS.eval_manifest, FLAGS.config, []))
         if not seed or not pool:
             raise app.UsageError("--seed_manifest and --pool are required (or --simulate)")
         plan = BootstrapPlan(work_dir=FLAGS.work_dir, seed_manifest=seed, pool=pool,
-                             train_configs=tuple(configs), train_overrides=tuple(FLAGS.set),
+                             train_configs=tuple(configs), train_overrides=tuple(extra + FLAGS.set),
                              eval_manifest=eval_manifest, rounds=FLAGS.rounds, threshold=FLAGS.threshold,
                              coarse_run_dir=FLAGS.coarse_run_dir,
                              coarse_classes=tuple(FLAGS.coarse_classes),

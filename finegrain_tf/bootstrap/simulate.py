@@ -43,8 +43,8 @@ def _write_png(path: str, image: np.ndarray) -> str:
 
 
 def prepare_synthetic(out_dir: str, num_superclasses: int = 4, classes_per_superclass: int = 4,
-                      distractors_per_superclass: int = 1, seed_per_class: int = 8,
-                      train_per_class: int = 40, test_per_class: int = 20, image_size: int = 32,
+                      distractors_per_superclass: int = 1, seed_per_class: int = 20,
+                      train_per_class: int = 60, test_per_class: int = 20, image_size: int = 32,
                       seed: int = 0) -> SyntheticSetup:
     """Renders the files and manifests described in the module docstring (idempotent: re-rendering
     gives identical bytes)."""
@@ -88,6 +88,19 @@ def prepare_synthetic(out_dir: str, num_superclasses: int = 4, classes_per_super
     return SyntheticSetup(seed_manifest=seed_manifest, pool_manifest=pool_manifest,
                           test_manifest=test_manifest, class_names=names,
                           distractor_names=[data.class_names[c] for c in distractors], truth=truth)
+
+
+def pretrain_backbone(config: str, model_dir: str, seed: int = 0) -> str:
+    """Trains `config` (e.g. configs/metric_pretrain.yaml: the shape families of an independent
+    rendering, a stand-in for ImageNet pre-training) once into `model_dir`; returns the path of its
+    backbone weights for `model.weights`."""
+    from finegrain_tf.bootstrap.rounds import default_train
+    from finegrain_tf.train.run_dir import RunDir
+
+    run = RunDir(model_dir)
+    if not run.exists(RunDir.backbone_weights_path):
+        default_train([config], [f"train.model_dir={model_dir}", f"train.seed={seed}", "train.plots=false"])
+    return run.backbone_weights_path
 
 
 class SimulatedLabeler:
