@@ -129,6 +129,16 @@ def test_keyboard_review_in_chromium(sqlite_store, tmp_path, browser):
         assert box(".actions")["y"] >= box(".candidate")["y"] + box(".candidate")["height"] - 1
         assert box(".reference")["y"] >= box(".actions")["y"] + box(".actions")["height"] - 1
         assert box("#btn-undo")["x"] + box("#btn-undo")["width"] <= 768
+        # A hostile class name and file name are shown as text and run nothing.
+        evil = "<script>window.pwned = 1</script>"
+        store.set_class(evil, "<img src=x onerror='window.pwned = 2'>", [])
+        store.enqueue([{"item_id": "<b>evil</b>", "round": 0, "score": 1.0, "proposed_class": evil,
+                        "image_path": flower(tmp_path / "<i>.png", 3, (0, 0, 0), seed=1)}])
+        browser.get(f"{server.url}/review")
+        wait.until(lambda d: card() == "<b>evil</b>")
+        assert browser.find_element(By.CSS_SELECTOR, ".class-name").text == evil
+        assert "<i>.png" in browser.find_element(By.CSS_SELECTOR, ".candidate .meta").text
+        assert browser.execute_script("return window.pwned === undefined")
 
     standing = {(j["item_id"], j["verdict"], j["labeler"]) for j in store.judgements()}
     assert standing == {("cand-00", "yes", "alice"), ("cand-02", "yes", "alice"),
