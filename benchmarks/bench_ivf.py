@@ -4,14 +4,17 @@ Goal (issue 17): on a 1,000,000 x 128 float32 clustered gallery with 1,000 queri
 search >= 0.95 at the default nprobe, and per-query latency through the SavedModel <= 0.1x exact search's.
 faiss-cpu `IndexIVFFlat` at the same nlist / nprobe is printed beside it (recall and latency ratio).
 
-Data: unit-normalised embeddings from n // 1000 clusters of lognormal sizes; each cluster is a random
+Data: unit-normalised embeddings from n // 10,000 clusters of lognormal sizes; each cluster is a random
 16-dimensional Gaussian subspace around its centre plus isotropic noise (learned embeddings have a low
-intrinsic dimension; isotropic 128-D blobs would make every neighbour equidistant). Queries are fresh
-draws from the same clusters, not gallery items.
+intrinsic dimension; isotropic 128-D blobs would make every neighbour equidistant). A cluster spans ~20
+IVF lists at 1M, so list boundaries cut through neighbourhoods (with clusters of ~1,000 items, about
+one list each, recall is ~1.0 at any nprobe and says nothing). Queries are fresh draws from the same
+clusters, not gallery items.
 
 Latency = median wall time of one session.run per query (batch 1), 2 intra-op threads for TF and 2 OpenMP
-threads for faiss; "batch 32" is the wall time of 32-query calls divided by 32. The machine running it is
-shared, so absolute times are noisy; the ratios are the point.
+threads for faiss; "batch 32" is the wall time of 32-query calls divided by 32. Exact, IVF and faiss are
+timed in turn on each query, so load from other processes on a shared machine hits them alike; absolute
+times are still noisy, the ratios are the point.
 
 Usage: python benchmarks/bench_ivf.py [--n=1000000 --dim=128 --queries=1000 --nlist= --nprobe=]
 Develop with --n=100000; the 1M run needs about 4 GB of RAM and a few minutes.
@@ -30,31 +33,32 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("n", 1_000_000, "gallery size")
 flags.DEFINE_integer("dim", 128, "embedding dimension")
-flags.DEFINE_integer("queries", 1000, "queries (recall over all; batch-1 latency over all for IVF / faiss)")
-flags.DEFINE_integer("exact_timed", 200, "queries timed one by one for the exact index (it is slow)")
+flags.DEFINE_integer("queries", 1000, "queries (recall over all of them)")
+flags.DEFINE_integer("timed", 256, "queries whose latency is timed (exact search is slow)")
 flags.DEFINE_integer("k", 10, "neighbours per query (recall@k)")
 flags.DEFINE_integer("nlist", None, "IVF lists (default: the library's default for n)")
 flags.DEFINE_integer("nprobe", None, "IVF lists probed (default: the library's default for nlist)")
 flags.DEFINE_integer("threads", 2, "intra-op threads (TF) / OpenMP threads (faiss)")
 flags.DEFINE_integer("intrinsic_dim", 16, "dimension of each synthetic cluster's subspace")
+flags.DEFINE_integer("cluster_size", 10_000, "mean items per synthetic cluster (n // cluster_size clusters); "
+                     "clusters much larger than an IVF list make list boundaries cut through neighbourhoods")
 flags.DEFINE_string("workdir", None, "where the SavedModels are written (default: a temporary dir)")
 
 
-def clustered_embeddings(n, dim, seed, intrinsic_dim=16, noise=0.1):
-    """Unit vectors from n // 1000 low-dimensional Gaussian clusters (the cluster layout is fixed)."""
-    n_clusters = max(1, n // 1000) if seed == 0 else max(1, FLAGS.n // 1000)
+def clustered_embeddings(n, dim, n_clusters, seed, intrinsic_dim=16, noise=0.1):
+    """n unit vectors from n_clusters low-dimensional Gaussian clusters (the layout depends on n_clusters
+    only, so gallery and queries share it)."""
     layout = np.random.default_rng(1234)
     centers = layout.normal(size=(n_clusters, dim)).astype(np.float32)
     bases = (layout.normal(size=(n_clusters, dim, intrinsic_dim)) / np.sqrt(intrinsic_dim)).astype(np.float32)
     weights = layout.lognormal(0.0, 1.0, size=n_clusters)
     rng = np.random.default_rng(seed)
     labels = rng.choice(n_clusters, size=n, p=weights / weights.sum())
-    x = np.empty((n, dim), np.float32)
-    for start in range(0, n, 65536):
-        lab = labels[start:start + 65536]
-        z = rng.standard_normal((len(lab), intrinsic_dim), dtype=np.float32)
-        x[start:start + 65536] = (centers[lab] + np.einsum("ndm,nm->nd", bases[lab], z)
-                                  + noise * rng.standard_normal((len(lab), dim), dtype=np.float32))
+    x = noise * rng.standard_normal((n, dim), dtype=np.float32)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        z = rng.standard_normal((len(members), intrinsic_dim), dtype=np.float32)
+        x[members] += centers[c] + z @ bases[c].T
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -87,24 +91,18 @@ class SessionLookup:
         return self.call(queries, nprobe)[0]
 
 
-def batch1_latency(fn, queries):
-    """Median seconds per query over one call per query (after two warm-up calls)."""
-    fn(queries[:1])
-    fn(queries[1:2])
-    times = []
-    for i in range(len(queries)):
-        t0 = time.perf_counter()
-        fn(queries[i:i + 1])
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def batched_latency(fn, queries, batch=32):
-    fn(queries[:batch])
-    t0 = time.perf_counter()
-    for start in range(0, len(queries), batch):
-        fn(queries[start:start + batch])
-    return (time.perf_counter() - t0) / len(queries)
+def interleaved_latency(contenders, queries, batch):
+    """Median seconds per query of each contender, timing them in turn on the same batch of queries
+    (so load from other processes on a shared machine hits them alike)."""
+    for fn in contenders.values():
+        fn(queries[:batch])  # warm-up
+    times = {name: [] for name in contenders}
+    for start in range(0, len(queries) - batch + 1, batch):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn(queries[start:start + batch])
+            times[name].append((time.perf_counter() - t0) / batch)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def recall(found, truth):
@@ -125,10 +123,11 @@ def main(argv):
     nlist = FLAGS.nlist or ivf_lib.default_nlist(n)
     nprobe = FLAGS.nprobe or ivf_lib.default_nprobe(nlist)
     t0 = time.perf_counter()
-    gallery = clustered_embeddings(n, dim, seed=0, intrinsic_dim=FLAGS.intrinsic_dim)
-    queries = clustered_embeddings(FLAGS.queries, dim, seed=1, intrinsic_dim=FLAGS.intrinsic_dim)
+    n_clusters = max(1, n // FLAGS.cluster_size)
+    gallery = clustered_embeddings(n, dim, n_clusters, seed=0, intrinsic_dim=FLAGS.intrinsic_dim)
+    queries = clustered_embeddings(FLAGS.queries, dim, n_clusters, seed=1, intrinsic_dim=FLAGS.intrinsic_dim)
     ids = np.array([f"item-{i}" for i in range(n)], dtype=object)
-    print(f"# IVF benchmark: gallery {n} x {dim} float32 (clustered, {max(1, n // 1000)} clusters), "
+    print(f"# IVF benchmark: gallery {n} x {dim} float32 (clustered: {n_clusters} clusters of intrinsic dimension {FLAGS.intrinsic_dim}), "
           f"{len(queries)} queries, k={k}, nlist={nlist}, nprobe={nprobe}, {FLAGS.threads} threads; "
           f"data in {time.perf_counter() - t0:.1f} s")
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="bench_ivf_")
@@ -148,41 +147,46 @@ def main(argv):
         gc.collect()
 
     exact = SessionLookup(paths["exact"], FLAGS.threads)
-    truth = np.concatenate([exact(queries[s:s + 100]) for s in range(0, len(queries), 100)])
-    t_exact = batch1_latency(exact, queries[:FLAGS.exact_timed])
-    t_exact_b = batched_latency(exact, queries[:max(64, FLAGS.exact_timed)])
-    exact.sess.close()
     ivf = SessionLookup(paths["ivf"], FLAGS.threads)
     print(f"peak RSS after loading both exports through the TF1 session loader: {peak_rss_gb():.2f} GB")
-
+    truth = np.concatenate([exact(queries[s:s + 100]) for s in range(0, len(queries), 100)])
     truth_pos = np.array([[int(i[5:]) for i in row] for row in truth.astype(str)])
+
     quantizer = faiss.IndexFlatL2(dim)
     fivf = faiss.IndexIVFFlat(quantizer, dim, nlist)
     t0 = time.perf_counter()
     fivf.train(gallery[np.random.default_rng(0).choice(n, min(n, ivf_lib.TRAIN_SAMPLES_PER_LIST * nlist),
                                                           replace=False)])
     fivf.add(gallery)
-    t_faiss_build = time.perf_counter() - t0
+    print(f"faiss IndexIVFFlat build {time.perf_counter() - t0:.1f} s (ours: {build_s['ivf']:.1f} s)")
 
     def faiss_search(q, probe):
         fivf.nprobe = probe
         return fivf.search(q, k)[1]
 
-    print(f"faiss IndexIVFFlat build {t_faiss_build:.1f} s (ours: {build_s['ivf']:.1f} s)")
-    print(f"exact (SavedModel, session loader): {t_exact * 1e3:8.3f} ms/query at batch 1, "
-          f"{t_exact_b * 1e3:8.3f} ms/query at batch 32")
+    probes = sorted({max(1, nprobe // 4), max(1, nprobe // 2), nprobe, min(nlist, 2 * nprobe)})
+    contenders = {"exact": exact}
+    for p in probes:
+        contenders[f"ivf{p}"] = lambda q, p=p: ivf(q, p)
+        contenders[f"faiss{p}"] = lambda q, p=p: faiss_search(q, p)
+    timed = queries[:FLAGS.timed]
+    b1 = interleaved_latency(contenders, timed, 1)
+    b32 = interleaved_latency(contenders, timed, 32)
+    print(f"latency: median over {len(timed)} queries, contenders timed in turn on each query (batch 1) or "
+          f"each 32 queries (batch 32)")
+    print(f"exact (SavedModel, session loader): {b1['exact'] * 1e3:8.3f} ms/query at batch 1, "
+          f"{b32['exact'] * 1e3:8.3f} ms/query at batch 32")
     print(f"{'nprobe':>6s} {'recall@%d' % k:>10s} {'ms/q b1':>9s} {'vs exact':>9s} {'ms/q b32':>9s} "
           f"{'vs exact':>9s} | {'faiss recall':>12s} {'faiss ms/q':>10s} {'ours/faiss':>10s}")
-    for probe in sorted({max(1, nprobe // 4), max(1, nprobe // 2), nprobe, min(nlist, 2 * nprobe)}):
-        found = np.concatenate([ivf(queries[s:s + 100], probe) for s in range(0, len(queries), 100)])
-        r_ivf = recall(found, truth)
-        t_ivf = batch1_latency(lambda q: ivf(q, probe), queries)
-        t_ivf_b = batched_latency(lambda q: ivf(q, probe), queries)
-        r_faiss = recall(faiss_search(queries, probe), truth_pos)
-        t_faiss = batch1_latency(lambda q: faiss_search(q, probe), queries)
-        mark = "  <- default" if probe == nprobe else ""
-        print(f"{probe:6d} {r_ivf:10.4f} {t_ivf * 1e3:9.3f} {t_ivf / t_exact:9.4f} {t_ivf_b * 1e3:9.3f} "
-              f"{t_ivf_b / t_exact_b:9.4f} | {r_faiss:12.4f} {t_faiss * 1e3:10.3f} {t_ivf / t_faiss:10.2f}{mark}")
+    for p in probes:
+        found = np.concatenate([ivf(queries[s:s + 100], p) for s in range(0, len(queries), 100)])
+        r_ivf, r_faiss = recall(found, truth), recall(faiss_search(queries, p), truth_pos)
+        t_ivf, t_faiss = b1[f"ivf{p}"], b1[f"faiss{p}"]
+        mark = "  <- default" if p == nprobe else ""
+        print(f"{p:6d} {r_ivf:10.4f} {t_ivf * 1e3:9.3f} {t_ivf / b1['exact']:9.4f} {b32[f'ivf{p}'] * 1e3:9.3f} "
+              f"{b32[f'ivf{p}'] / b32['exact']:9.4f} | {r_faiss:12.4f} {t_faiss * 1e3:10.3f} "
+              f"{t_ivf / t_faiss:10.2f}{mark}")
+    exact.sess.close()
     print(f"peak RSS of this process: {peak_rss_gb():.2f} GB")
     ivf.sess.close()
     if not FLAGS.workdir:
