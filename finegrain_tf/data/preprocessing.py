@@ -40,9 +40,6 @@ def check_sizes(image_size, resize_size) -> tuple[int, int]:
     return image_size, resize_size
 
 
-_check_sizes = check_sizes  # the old private name, still used by serving/export_module.py
-
-
 def _as_rgb(image: tf.Tensor) -> tf.Tensor:
     image = tf.convert_to_tensor(image)
     if image.shape.rank is not None and image.shape.rank != 3:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from finegrain_tf.data.long_tail import (balanced_subset, labels_from_dataset, long_tailed_counts,
-                                         make_long_tailed, take_indices)
+from finegrain_tf.data.long_tail import balanced_subset, long_tailed_counts, make_long_tailed, take_indices
+from finegrain_tf.utils.labels import labels_from_dataset
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -136,3 +136,13 @@ def test_long_tail_configs_load_strictly():
     stage1, stage2 = (build_config([p]) for p in _CONFIGS[-2:])
     assert stage1.train.model_dir == stage2.train.model_dir and stage2.train.steps > stage1.train.steps
     assert stage2.data.balanced_cap > 0 and stage1.data.balanced_cap == 0
+
+
+def test_keep_shortfall_for_data_that_is_already_long_tailed():
+    labels = np.repeat([0, 1, 2], [10, 3, 0 + 1])  # sizes 10, 3, 1
+    with pytest.raises(ValueError, match=r"class 1 has 3 examples but the profile needs 5"):
+        make_long_tailed(labels, 4.0, n_max=10)
+    kept = make_long_tailed(labels, 4.0, n_max=10, keep_shortfall=True)  # targets 10, 5, 2
+    np.testing.assert_array_equal(np.bincount(labels[kept], minlength=3), [10, 3, 1])
+    with_empty = make_long_tailed(np.array([0] * 8 + [2] * 2), 2.0, num_classes=3, n_max=8, keep_shortfall=True)
+    np.testing.assert_array_equal(np.bincount(np.array([0] * 8 + [2] * 2)[with_empty], minlength=3), [8, 0, 2])
