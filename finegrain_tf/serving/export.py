@@ -161,7 +161,7 @@ def export_gallery_update(source_dir: str, gallery, version: int | None = None,
 
     def model(pixels):
         out = restored.model_outputs(pixels)
-        return out["logits"], out.get("embedding")
+        return out.get("logits"), out.get("embedding")
 
     preprocess = preprocessing_of(info)
     module = ExportModule(model, layout.read_class_names(source_dir), preprocess, info["top_k"],

@@ -174,6 +174,9 @@ class ExportModule(tf.Module):
         if in_shape not in ((preprocess.image_size,) * 2, (None, None)):
             raise ValueError(f"image_size={preprocess.image_size} but the model expects inputs of shape "
                              f"{tuple(model.inputs[0].shape[1:])}")
+        if model.layers[-1].name == "embedding":  # embedding-only (a Siamese tower): embed / lookup
+            dim = int(np.prod(model.outputs[0].shape[1:]))
+            return 0, dim, lambda pixels: (None, model(pixels, training=False))
         if not any(layer.name == "embedding" for layer in model.layers):
             return num_classes, 0, lambda pixels: (model(pixels, training=False), None)
         dual = embedding_model(model)
@@ -194,7 +197,7 @@ class ExportModule(tf.Module):
 
     def _model_outputs(self, pixels):
         logits, embedding = self.forward(pixels)
-        out = {"logits": tf.cast(logits, tf.float32)}
+        out = {} if logits is None else {"logits": tf.cast(logits, tf.float32)}
         if embedding is not None:
             out["embedding"] = embedding
         return out
@@ -237,14 +240,15 @@ class ExportModule(tf.Module):
                "classify_tensor": (self.classify_tensor,
                                    [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")]),
                "classify_tensor_uint8": (self.classify_tensor,
-                                         [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])}
+                                         [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+               } if self.num_classes else {}  # an embedding-only model serves embed / lookup only
         if self.embedding_dim:
             fns["embed"] = (self.embed, [images])
         if self.index is not None:
             fns["lookup"] = (self.lookup, [images, tf.TensorSpec([], tf.int32, name="nprobe")])
         concrete = {name: tf.function(fn, input_signature=spec, autograph=False).get_concrete_function()
                     for name, (fn, spec) in fns.items()}
-        concrete["serving_default"] = concrete["classify"]
+        concrete["serving_default"] = concrete["classify"] if self.num_classes else concrete["embed"]
         # Not a signature: what a gallery update (`export_gallery_update`) calls to reuse this model.
         pixels = tf.TensorSpec([None, self.preprocess.image_size, self.preprocess.image_size, 3], tf.float32)
         self.model_outputs = tf.function(self._model_outputs, input_signature=[pixels], autograph=False)

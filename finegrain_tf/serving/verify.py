@@ -169,7 +169,8 @@ def verify_export(export_dir: str, model, images: Sequence[bytes] | None = None,
         for name in info["signatures"]:
             inputs, seen = _signature_inputs(name, images, tensors, info)
             got = servable.run(name, inputs)
-            kind = "classify" if name == "serving_default" else name
+            kind = ("classify" if "classify" in info["signatures"] else "embed") \
+                if name == "serving_default" else name
             want = reference_outputs(model, kind, seen, preprocess, info["top_k"], class_names, gallery, dual)
             report[name] = _compare(name, got, want, atol)
         replayed = servable.warmup()

@@ -413,8 +413,7 @@ class PairsTask(Task):
 
     def save_artifacts(self, run_dir, model, report):
         run_dir.save_model(self.export_model(model))
-        run_dir.save_class_names(self.data_info.class_names)
-        run_dir.save_class_counts(self.data_info.train_class_counts)
+        run_dir.save_class_names([])  # an embedding model has no classes: export serves embed / lookup
         run_dir.save_eval_report(report)
         if self.cfg.train.plots:
             import os
