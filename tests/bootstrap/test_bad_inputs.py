@@ -106,6 +106,7 @@ def test_simulated_labeler_arguments():
         SimulatedLabeler(store=None, truth={}, error_rate=2)
 
 
+@pytest.mark.slow  # two subprocesses importing TensorFlow
 def test_cli_usage_errors_are_one_line(inputs):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, "-m", "finegrain_tf.bootstrap.main", f"--work_dir={inputs['work_dir']}",

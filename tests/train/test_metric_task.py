@@ -33,6 +33,7 @@ def built(cfg):
     return task, ds, model
 
 
+@pytest.mark.slow
 def test_training_run_refreshes_and_saves(tmp_path):
     cfg = toy("loss.triplet_weight=0.1", "data.hard_negatives=simulated", "train.steps=5",
               f"train.model_dir={tmp_path}/run")
