@@ -23,7 +23,9 @@ import os
 import sys
 import uuid
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from finegrain_tf.utils import cli
 
 from finegrain_tf.utils import cli
 

@@ -116,3 +116,12 @@ def test_cli_usage_errors_are_one_line(inputs):
     assert "threshold must be in [0, 1), got 2.0" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run(cmd[:4], capture_output=True, text=True, env=env, timeout=120)
     assert "--seed_manifest and --pool are required" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow  # a subprocess importing the binary
+def test_help_lists_the_binary_flags():
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "finegrain-bootstrap"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for flag in ("--work_dir", "--seed_manifest", "--pool", "--num_shards", "--simulate", "--error_rate"):
+        assert flag in out.stdout + out.stderr
