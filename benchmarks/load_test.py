@@ -6,7 +6,9 @@ For each batch size (default 1 and 32) it runs the same work twice, each for `--
               -> session-loaded SavedModel (the `classify` signature, encoded JPEG bytes in)
   in-process  N threads calling the same session-loaded SavedModel directly (SessionServable.run)
 and prints QPS (requests/s), images/s, p50 and p99 latency side by side with served / in-process ratios.
-Issue 4's goal: p50 at batch 32 <= 1.2x in-process. Loopback only; bounded by 4 x --seconds plus start-up.
+Goals (issue 17 item 4): p50 <= 1.2x in-process at batch 1 and at batch 32. A third side, the stock
+stub with a prebuilt request, separates the client's tensor conversion from gRPC + server cost.
+Loopback only; bounded by 3 x --seconds per batch size plus start-up.
 
     python benchmarks/load_test.py [--export_dir=<base>/<name>/<version>] [--clients=4 --seconds=10]
 
@@ -31,6 +33,7 @@ flags.DEFINE_float("seconds", 10.0, "Duration of each measurement.")
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to measure.")
 flags.DEFINE_integer("image_size", 64, "Input size of the default model.")
 flags.DEFINE_string("signature", "classify", "Signature to load-test (bytes input).")
+flags.DEFINE_list("server_flags", [], "Extra finegrain-serve flags (e.g. --tensorflow_session_parallelism=1).")
 flags.DEFINE_integer("rounds", 4, "Alternate served / in-process this many times per batch size (each round "
                      "runs --seconds / rounds), so a change of machine load hits both sides alike.")
 
@@ -90,6 +93,20 @@ def _stats(latencies, wall, batch):
             "n": int(latencies.size)}
 
 
+def _stub_call(client, payload, model_name):
+    """A prebuilt PredictRequest on the stock stub: gRPC + server cost without client-side conversion."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2
+
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name,
+                                                                        signature_name=FLAGS.signature))
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(payload))
+    return lambda: client.prediction.Predict(request, timeout=60)
+
+
+SIDES = ("client", "stub", "local")  # Client.predict | stock stub, prebuilt request | in-process session
+
+
 def main(argv):
     del argv
     from finegrain_tf.serving import Client, start_server_process
@@ -107,46 +124,48 @@ def main(argv):
         servable = SessionServable(export_dir)
         server = start_server_process(os.path.dirname(export_dir), model_name,
                                       extra_flags=[f"--max_batch_size={max(batch_sizes)}",
-                                                   "--file_system_poll_wait_seconds=3600"])
+                                                   "--file_system_poll_wait_seconds=3600", *FLAGS.server_flags])
         try:
             with Client(server.target, model_name, max_batch_size=0, max_retries=0, timeout=60) as client:
                 for batch in batch_sizes:
                     payload = np.array(images[:batch], dtype=object)
-                    client.predict({"images": payload}, FLAGS.signature)  # warm both paths
-                    servable.run(FLAGS.signature, {"images": payload})
-                    slice_s = FLAGS.seconds / FLAGS.rounds
-                    acc = {"served": ([], [], 0.0), "local": ([], [], 0.0)}
-                    calls = {"served": lambda: client.predict({"images": payload}, FLAGS.signature),
+                    calls = {"client": lambda: client.predict({"images": payload}, FLAGS.signature),
+                             "stub": _stub_call(client, payload, model_name),
                              "local": lambda: servable.run(FLAGS.signature, {"images": payload})}
+                    for call in calls.values():  # warm every path
+                        call()
+                    acc = {side: ([], [], 0.0) for side in SIDES}
                     for _ in range(FLAGS.rounds):
-                        for side in ("served", "local"):
-                            lat, err, wall = _hammer(calls[side], FLAGS.clients, slice_s)
+                        for side in SIDES:
+                            lat, err, wall = _hammer(calls[side], FLAGS.clients, FLAGS.seconds / FLAGS.rounds)
                             lats, errs, total = acc[side]
                             acc[side] = (lats + list(lat), errs + err, total + wall)
-                    served, local = (dict(_stats(np.array(acc[k][0]), acc[k][2], batch), errors=len(acc[k][1]))
-                                     for k in ("served", "local"))
-                    results[batch] = (served, local)
+                    results[batch] = {k: dict(_stats(np.array(acc[k][0]), acc[k][2], batch), errors=len(acc[k][1]))
+                                      for k in SIDES}
         finally:
             server.stop()
             servable.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\nload test: {FLAGS.clients} clients x {FLAGS.seconds:.0f} s per cell, signature "
-          f"{FLAGS.signature!r}, model {model_name!r} ({info['image_size']} px), loopback gRPC vs in-process")
-    header = f"{'batch':>5} {'metric':>12} {'served':>10} {'in-process':>11} {'ratio':>7}"
+    print(f"\nload test: {FLAGS.clients} clients x {FLAGS.seconds:.0f} s per cell, signature {FLAGS.signature!r}, "
+          f"model {model_name!r} ({info['image_size']} px); served = finegrain-serve over loopback gRPC "
+          "(client: Client.predict; stub: stock stub, prebuilt request), in-process = SessionServable.run")
+    header = (f"{'batch':>5} {'metric':>12} {'client':>9} {'stub':>9} {'in-process':>11} "
+              f"{'client/in-proc':>15} {'stub/in-proc':>13}")
     print(header)
     print("-" * len(header))
-    for batch, (served, local) in results.items():
+    for batch, r in results.items():
         for key in ("qps", "images_per_s", "p50_ms", "p99_ms"):
-            ratio = served[key] / local[key] if local[key] else float("nan")
-            print(f"{batch:>5} {key:>12} {served[key]:>10.2f} {local[key]:>11.2f} {ratio:>7.2f}")
-        print(f"{batch:>5} {'requests':>12} {served['n']:>10d} {local['n']:>11d}   errors {served['errors']}"
-              f"/{local['errors']}")
-    if 32 in results:
-        served, local = results[32]
-        ratio = served["p50_ms"] / local["p50_ms"]
-        print(f"\ngoal p50(batch 32) served / in-process <= 1.2: {ratio:.2f} -> {'met' if ratio <= 1.2 else 'NOT met'}")
+            local = r["local"][key]
+            ratios = [r[side][key] / local if local else float("nan") for side in ("client", "stub")]
+            print(f"{batch:>5} {key:>12} {r['client'][key]:>9.2f} {r['stub'][key]:>9.2f} {local:>11.2f} "
+                  f"{ratios[0]:>15.2f} {ratios[1]:>13.2f}")
+        print(f"{batch:>5} {'requests':>12} {r['client']['n']:>9d} {r['stub']['n']:>9d} {r['local']['n']:>11d}   "
+              f"errors {r['client']['errors']}/{r['stub']['errors']}/{r['local']['errors']}")
+    for batch in results:
+        ratio = results[batch]["client"]["p50_ms"] / results[batch]["local"]["p50_ms"]
+        print(f"goal p50(batch {batch}) Client / in-process <= 1.2: {ratio:.2f} -> {'met' if ratio <= 1.2 else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, input_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
+from finegrain_tf.serving.tensors import to_ndarray, to_tensor_proto
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
@@ -122,7 +124,7 @@ class Client:
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec, signature_name)
         for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            to_tensor_proto(value, request.inputs[key])
         if output_filter:
             request.output_filter.extend(output_filter)
         return request
@@ -149,7 +151,7 @@ class Client:
         self.last_version = responses[-1].model_spec.version.value
         outputs = {}
         for key in responses[0].outputs:
-            parts = [tf.make_ndarray(r.outputs[key]) for r in responses]
+            parts = [to_ndarray(r.outputs[key], key) for r in responses]
             outputs[key] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return outputs
 

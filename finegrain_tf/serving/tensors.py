@@ -1,4 +1,5 @@
-"""TensorProto <-> numpy for the dev server's request path (the hot path of a batch-1 request).
+"""TensorProto <-> numpy on the request path of the dev server and the gRPC client (the hot path of a
+batch-1 request).
 
 `tf.make_ndarray` / `tf.make_tensor_proto` handle every dtype but carry per-call overhead that
 `benchmarks/load_test.py` sees at batch 1; the common cases (strings, and numbers packed in
@@ -35,8 +36,13 @@ def to_tensor_proto(value: np.ndarray, proto) -> None:
     """Fills `proto` (a response TensorProto) from a numpy array."""
     value = np.asarray(value)
     if value.dtype == object:
+        try:
+            proto.string_val.extend(value.ravel().tolist())
+        except TypeError:  # str elements (not bytes): let TF encode them
+            proto.Clear()
+            proto.CopyFrom(tf.make_tensor_proto(value))
+            return
         proto.dtype = _STRING
-        proto.string_val.extend(value.ravel().tolist())
     elif value.dtype.kind in "iuf" and value.dtype.byteorder in "=|<":
         proto.dtype = tf.dtypes.as_dtype(value.dtype).as_datatype_enum
         proto.tensor_content = np.ascontiguousarray(value).tobytes()
