@@ -47,6 +47,8 @@ import os
 
 import numpy as np
 
+from finegrain_tf.utils import checks
+
 MEASURES = ("rs", "rsm", "rank", "rankm", "silhouette")
 METRICS = ("euclidean", "sqeuclidean", "cosine", "precomputed")
 
@@ -166,9 +168,7 @@ def _row_chunks(n: int, chunk_size: int | None, ncols: int):
     if chunk_size is None:
         step = max(1, _BLOCK_ELEMENTS // max(ncols, 1))
     else:
-        if int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-        step = int(chunk_size)
+        step = checks.positive_int(chunk_size, "chunk_size")
     for start in range(0, n, step):
         yield np.arange(start, min(n, start + step))
 

@@ -21,6 +21,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 from absl import logging
 
+from finegrain_tf.utils import checks
+
 DEFAULT_GAMMA = 0.01
 _NUM_ITER_MAX = 100_000_000
 
@@ -168,8 +170,7 @@ def select_source_classes(source_means, source_counts, target_means, target_coun
     Returns:
       SourceSelection(indices [k'], similarities [k']) with k' = min(k, #eligible classes).
     """
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    checks.positive_int(k, "k")
     s, sc = _as_domain(source_means, source_counts, "source")
     keep = _filter_min_count(s, sc, min_count)
     sim = per_class_similarity(s[keep], target_means, target_counts, gamma=gamma)

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from absl import logging
 
+from finegrain_tf.utils import checks
 from finegrain_tf.utils.progress import ProgressBar
 
 
@@ -58,8 +59,8 @@ def _iterate(model_or_layer, dataset, max_batches: Optional[int], progress: bool
     """Yields (features [B, F] float32 numpy, labels [B] int64 numpy) per batch."""
     import tensorflow as tf
 
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be >= 1 or None, got {max_batches!r}")
+    if max_batches is not None:
+        checks.positive_int(max_batches, "max_batches")
     if not callable(model_or_layer):
         raise ValueError(f"model_or_layer must be a callable Keras model or layer, got {model_or_layer!r}")
     if total is None and isinstance(dataset, tf.data.Dataset):
@@ -110,9 +111,7 @@ class ClassMeanAccumulator:
     """Streaming per-class feature sums (float64) and counts."""
 
     def __init__(self, num_classes: Optional[int] = None):
-        if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-        self.num_classes = None if num_classes is None else int(num_classes)
+        self.num_classes = None if num_classes is None else checks.positive_int(num_classes, "num_classes")
         self.sums: Optional[np.ndarray] = None
         self.counts: Optional[np.ndarray] = None
 

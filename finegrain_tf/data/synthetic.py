@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from finegrain_tf.utils import checks
+
 SPLITS = ("train", "val", "test")
 MAX_ROTATION_DEG = 30.0  # in-plane pose range (+-); shapes have >= 3-fold symmetry except the oval
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
@@ -84,9 +86,8 @@ def class_structure(num_classes: int, num_superclasses: int):
     (detail, stripes, colour) of j, so any two classes of a super-class differ in at least one subtle
     attribute and the first few differ in exactly one.
     """
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(num_superclasses, (int, np.integer)) or not 1 <= num_superclasses <= num_classes:
+    checks.positive_int(num_classes, "num_classes")
+    if not checks.positive_int(num_superclasses, "num_superclasses") <= num_classes:
         raise ValueError(f"num_superclasses must be in [1, num_classes={num_classes}], got {num_superclasses!r}")
     num_bands = -(-num_superclasses // len(FAMILIES))
     if num_bands > len(_BAND_NAMES):
@@ -296,9 +297,7 @@ def _render(rng: np.random.Generator, attr: dict, size: int) -> np.ndarray:
 
 
 def _check_count(name: str, value) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(value)
+    return checks.non_negative_int(value, name)
 
 
 def generate(num_classes: int = 20, num_superclasses: int = 4, train_per_class: int = 60,
