@@ -123,3 +123,34 @@ def test_threshold_controls_proposals(tmp_path, setup):
     boot, store, _ = make(tmp_path, setup, rounds=1, threshold=0.0)
     state = boot.run()[0]
     assert state["counts"]["proposed"] == state["counts"]["candidates"]  # every confidence > 0
+
+
+def test_coarse_filter_keeps_confident_members_of_the_coarse_category(tmp_path, setup):
+    coarse_dir = tmp_path / "coarse_run"
+    coarse_dir.mkdir()
+    fake = FakeTraining(setup.class_names)
+
+    def coarse(images):  # "flower" when the image is bright, confidence from the brightness
+        m = np.asarray(images).mean(axis=(1, 2, 3)) / 255.0
+        p_flower = np.clip(2 * m, 0, 1).astype(np.float32)
+        return np.stack([p_flower, 1 - p_flower], axis=1)
+
+    def predictor(run_dir):
+        if run_dir == str(coarse_dir):
+            return coarse, ["flower", "other"], 16, 16
+        return fake.predictor(run_dir)
+
+    store = LabelStore(f"sqlite:///{tmp_path}/labels.db")
+    store.create_schema()
+    plan = BootstrapPlan(work_dir=str(tmp_path / "work"), seed_manifest=setup.seed_manifest,
+                         pool=setup.pool_manifest, rounds=1, chunk_size=8, threshold=0.0,
+                         coarse_run_dir=str(coarse_dir), coarse_classes=("flower",), coarse_threshold=0.6)
+    boot = Bootstrapper(plan, store=store, train_fn=fake.train, predictor_fn=predictor, progress=False)
+    state = boot.run()[0]
+    subset = boot.subsets[0]
+    p = coarse(np.stack([decode(path) for path in subset.paths]))
+    keep = (p.argmax(1) == 0) & (p.max(1) > 0.6)
+    assert 0 < keep.sum() < len(subset)  # the filter does something here
+    assert state["counts"]["after_coarse_filter"] == keep.sum()
+    queued = {it["item_id"] for it in store.lease(store.add_labeler("x"), 100)}
+    assert queued == {subset.ids[j] for j in np.flatnonzero(keep)}  # threshold 0: all kept are proposed
