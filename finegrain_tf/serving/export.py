@@ -30,20 +30,11 @@ from finegrain_tf.serving.warmup import write_warmup
 
 def load_model_dir(model_dir: str):
     """Reads a training run's model dir -> (keras model, ExperimentConfig, class names)."""
-    import keras
+    from finegrain_tf.train.run_dir import RunDir
 
-    import finegrain_tf.layers  # noqa: F401  (registers the project's Keras serializables)
-    from finegrain_tf.train.config import load_params
-
-    params = load_params(model_dir)
-    model_path = os.path.join(model_dir, "model.keras")
-    if not os.path.exists(model_path):
-        raise ValueError(f"no model.keras in model dir {model_dir!r}")
-    names_path = os.path.join(model_dir, "class_names.txt")
-    if not os.path.exists(names_path):
-        raise ValueError(f"no class_names.txt in model dir {model_dir!r}")
-    model = keras.models.load_model(model_path, compile=False)
-    return model, params, layout.read_lines(names_path)
+    run = RunDir(model_dir)
+    params = run.load_params()  # first: a folder that is no run at all is named by its missing params.yaml
+    return run.load_model(), params, run.load_class_names()
 
 
 def _build_index(module: ExportModule, gallery, index_options: dict | None, fingerprint: str | None):

@@ -80,10 +80,6 @@ def read_export_info(export_dir: str) -> dict:
         return json.load(f)
 
 
-def read_lines(path: str) -> list[str]:
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
-
-
 def read_class_names(export_dir: str) -> list[str]:
-    return read_lines(os.path.join(export_dir, ASSETS, CLASS_NAMES_FILE))
+    with open(os.path.join(export_dir, ASSETS, CLASS_NAMES_FILE)) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
