@@ -40,9 +40,10 @@ SOURCE_NAMES = ("synthetic",) + OWN_DATA_SOURCES + tuple(loaders.SUPPORTED_TFDS)
 class SkipCounter(tf.Module):
     """Images dropped while the input pipeline runs: unreadable (read or decode error) or too large.
 
-    The counts live in int64 variables updated inside the tf.data graph; they are cumulative for one
-    data configuration in one process (`reset()` starts over). Track the object in the training
-    checkpoint to carry the counts across a resume.
+    The counts live in int64 variables updated inside the tf.data graph; they count skip events (a file
+    that stays unreadable is counted again each epoch that reaches it) and are cumulative for one data
+    configuration in one process (`reset()` starts over). Track the object in the training checkpoint
+    to carry the counts across a resume.
     """
 
     def __init__(self):
@@ -441,10 +442,6 @@ def _counted_decode(ds: tf.data.Dataset, read_bytes, counter: SkipCounter, limit
     return ds.with_options(options)
 
 
-def _augment_options(data_cfg) -> dict:
-    return dataclasses.asdict(data_cfg.augment)
-
-
 def build_datasets(data_cfg, global_batch_size: Optional[int] = None,
                    input_context: Optional[tf.distribute.InputContext] = None):
     """Train and eval datasets of `data_cfg` (a `finegrain_tf.train.config.DataConfig`).
@@ -472,7 +469,7 @@ def build_datasets(data_cfg, global_batch_size: Optional[int] = None,
         shard_id, num_shards = input_context.input_pipeline_id, input_context.num_input_pipelines
     image_size, resize_size = int(data_cfg.image_size), int(data_cfg.resize_size)
     aug_seed = int(data_cfg.seed) * 1009 + shard_id
-    augment = _augment_options(data_cfg)
+    augment = dataclasses.asdict(data_cfg.augment)  # preprocess_train's keyword options
     limits = _limits(data_cfg)
 
     def decoded(ds, read_bytes, which, finite):
