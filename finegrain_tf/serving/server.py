@@ -70,6 +70,13 @@ def model_request(model_spec) -> tuple[str, int | None, str | None]:
     return model_spec.name, version, label
 
 
+def _answer_spec(spec, request_spec, version: int):
+    """The ModelSpec of a response: the model and signature asked for, the version that answered."""
+    spec.name = request_spec.name
+    spec.version.value = version
+    spec.signature_name = request_spec.signature_name or "serving_default"
+
+
 def _abort(context, error: RequestError):
     context.abort(getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL), error.message)
 
@@ -78,41 +85,41 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: ServerCore):
         self.core = core
 
-    def Predict(self, request, context):
+    def _run(self, method: str, request, context, work):
+        """(work(servable), version) on the version the request names; aborts the call on a RequestError."""
         name, version, label = model_request(request.model_spec)
-        signature = request.model_spec.signature_name or "serving_default"
         try:
-            inputs = {key: to_ndarray(proto, key) for key, proto in request.inputs.items()}
             with self.core.acquire(name, version, label) as servable:
-                outputs = servable.run(signature, inputs, list(request.output_filter) or None)
-                served_version = servable.version
+                return work(servable), servable.version
         except RequestError as e:
-            logging.info("Predict refused (%s): %s", e.code, e.message)
+            logging.info("%s refused (%s): %s", method, e.code, e.message)
             _abort(context, e)
+
+    def Predict(self, request, context):
+        signature = request.model_spec.signature_name or "serving_default"
+
+        def work(servable):
+            inputs = {key: to_ndarray(proto, key) for key, proto in request.inputs.items()}
+            return servable.run(signature, inputs, list(request.output_filter) or None)
+
+        outputs, version = self._run("Predict", request, context, work)
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = name
-        response.model_spec.version.value = served_version
-        response.model_spec.signature_name = signature
+        _answer_spec(response.model_spec, request.model_spec, version)
         for key, value in outputs.items():
             to_tensor_proto(value, response.outputs[key])
         return response
 
     def Classify(self, request, context):
-        name, version, label = model_request(request.model_spec)
         signature = request.model_spec.signature_name or "serving_default"
-        try:
+
+        def work(servable):
             examples = classification_examples(request.input)
-            with self.core.acquire(name, version, label) as servable:
-                outputs = servable.classify(signature, examples)
-                served_version = servable.version
-        except RequestError as e:
-            logging.info("Classify refused (%s): %s", e.code, e.message)
-            _abort(context, e)
+            return len(examples), servable.classify(signature, examples)
+
+        (batch, outputs), version = self._run("Classify", request, context, work)
         response = classification_pb2.ClassificationResponse()
-        response.model_spec.name = name
-        response.model_spec.version.value = served_version
-        response.model_spec.signature_name = signature
-        fill_classification_result(response.result, outputs, len(examples))
+        _answer_spec(response.model_spec, request.model_spec, version)
+        fill_classification_result(response.result, outputs, batch)
         return response
 
     def GetModelMetadata(self, request, context):
