@@ -27,7 +27,7 @@ flags.DEFINE_string("gallery", None, "Class-per-subfolder image folder or .npz (
                     "indexed for the lookup signature.")
 flags.DEFINE_string("gallery_index", "auto", "Index kind of finegrain_tf.retrieval.build_index (auto: exact "
                     "search for small galleries, approximate above).")
-flags.DEFINE_integer("nlist", None, "Inverted lists of an IVF index (default: about 4 sqrt(N)).")
+flags.DEFINE_integer("nlist", None, "Inverted lists of an IVF index (default: about 2 sqrt(N)).")
 flags.DEFINE_integer("nprobe", None, "Lists an IVF lookup scans by default (a request may pass its own).")
 flags.DEFINE_integer("max_image_pixels", 40_000_000, "Largest image (pixels) the served graph decodes; a "
                      "larger one is refused with INVALID_ARGUMENT before decoding.")
