@@ -285,9 +285,10 @@ class MetricTask(ClassificationTask):
             triplets = tf.transpose(tf.reshape(unit, [3, b, -1]), [1, 0, 2])  # [b, 3, D]
             triplet = self._loss.call(None, triplets)
             anchor_logits = tf.cast(logits[:b], tf.float32)
-            per_triplet = self.omega * triplet
-            if self.learned_anchors:
-                per_triplet += (1.0 - self.omega) * self._vote_loss.call(labels, anchor_logits)
+            # With omega = 1 the vote term weighs 0: the anchors get a zero gradient (not a missing
+            # one) and are placed by k-means before evaluation.
+            per_triplet = self.omega * triplet + \
+                (1.0 - self.omega) * self._vote_loss.call(labels, anchor_logits)
             loss = tf.nn.compute_average_loss(per_triplet, global_batch_size=self.cfg.data.batch_size)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
