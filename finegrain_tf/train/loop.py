@@ -145,7 +145,8 @@ def restore_newest_intact(checkpoint: tf.train.Checkpoint, ckpt_dir: str) -> str
                             f"folder away to train from scratch")
     if damaged or not state_ok:
         intact = sorted((p for p in candidates if p not in damaged), key=_checkpoint_number)
-        tf.train.update_checkpoint_state(ckpt_dir, restored, all_model_checkpoint_paths=intact)
+        tf.compat.v1.train.update_checkpoint_state(ckpt_dir, restored,
+                                                   all_model_checkpoint_paths=intact)
     return restored
 
 
@@ -315,6 +316,64 @@ def build_trainer(cfg: ExperimentConfig, strategy: tf.distribute.Strategy) -> Tr
                    init_dataset, train_function)
 
 
+class _Recorder:
+    """Where a run's numbers go: TensorBoard (logs/train, logs/eval) and, on the chief, history.jsonl."""
+
+    def __init__(self, write_dir: RunDir, run_dir: RunDir, chief: bool):
+        self.writers = {kind: tf.summary.create_file_writer(write_dir.log_dir(kind))
+                        for kind in ("train", "eval")}
+        self.run_dir = run_dir if chief else None
+
+    def record(self, kind: str, step: int, values: dict, prefix: str = "", history: bool = True):
+        with self.writers[kind].as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(prefix + name, value)
+        if history and self.run_dir is not None:
+            self.run_dir.append_history({"kind": kind, "step": step, **values})
+
+    def flush(self) -> None:
+        for writer in self.writers.values():
+            writer.flush()
+
+
+def _check_finite(trainer: Trainer, step: int) -> None:
+    """Stops (train.on_nonfinite=stop) or warns (skip_step) after a non-finite loss / gradient."""
+    metrics = trainer.metrics
+    if _scalar(metrics["nonfinite_steps"]) == 0:
+        return
+    metrics["nonfinite_steps"].reset_state()
+    message = (f"step {step}: non-finite loss or gradient norm (loss {_scalar(metrics['loss']):.4g}, "
+               f"gradient norm {_scalar(metrics['grad_norm']):.4g})")
+    if trainer.cfg.train.on_nonfinite == "stop":
+        raise TrainingError(message + "; stopped without saving (lower optimizer.learning_rate, or "
+                            "set train.on_nonfinite=skip_step)")
+    logging.warning("%s; the update was skipped", message)
+
+
+def _log_metrics(trainer: Trainer, recorder: _Recorder, step: int) -> dict:
+    """The train metrics since the last log (then reset), with the learning rate."""
+    values = {name: _scalar(m) for name, m in trainer.metrics.items() if name != "nonfinite_steps"}
+    values["lr"] = _learning_rate(trainer.optimizer)
+    recorder.record("train", step, values)
+    for metric in trainer.metrics.values():
+        metric.reset_state()
+    return values
+
+
+def _resume_or_initialize(trainer: Trainer, checkpoint, checkpoint_dir: str) -> int:
+    """Restores the newest intact checkpoint, or runs the task's data-dependent initialisation on a
+    fresh run; returns the step training starts from."""
+    restored = restore_newest_intact(checkpoint, checkpoint_dir)
+    step = int(trainer.step.numpy())
+    if restored:
+        logging.info("resumed from %s at step %d", restored, step)
+    if step == 0:
+        done = trainer.task.initialize(trainer.model, trainer.init_dataset)
+        if done:
+            logging.info("data-dependent initialisation: %s", done)
+    return step
+
+
 def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Trains `cfg` to `cfg.train.steps` (resuming from the newest intact checkpoint), evaluates and
     writes the run directory (see `RunDir`)."""
@@ -326,65 +385,35 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     if chief:
         run_dir.save_params(cfg)
     trainer = build_trainer(cfg, strategy)
-    task, model, metrics, step = trainer.task, trainer.model, trainer.metrics, trainer.step
+    task, model = trainer.task, trainer.model
     eval_ds = task.build_inputs(training=False)
     val_ds = task.build_inputs(training=False, split=cfg.data.val_split or None) \
         if cfg.train.eval_every else None
     best = _Best(cfg, write_dir.best_checkpoint_dir, model)
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=trainer.optimizer, step=step, best_value=best.value,
+        model=model, optimizer=trainer.optimizer, step=trainer.step, best_value=best.value,
         stale=best.stale,
         **{f"input_{_input_fingerprint(cfg, strategy.num_replicas_in_sync)}": trainer.iterator})
-    restored = restore_newest_intact(checkpoint, write_dir.checkpoint_dir)
+    resumed_from = _resume_or_initialize(trainer, checkpoint, write_dir.checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, write_dir.checkpoint_dir,
                                          max_to_keep=cfg.train.keep_checkpoints)
-    resumed_from = int(step.numpy())
-    if restored:
-        logging.info("resumed from %s at step %d", restored, resumed_from)
-    if resumed_from == 0:
-        done = task.initialize(model, trainer.init_dataset)
-        if done:
-            logging.info("data-dependent initialisation: %s", done)
-
-    writer = tf.summary.create_file_writer(write_dir.log_dir("train"))
-    eval_writer = tf.summary.create_file_writer(write_dir.log_dir("eval"))
-    train_accuracy = None
-    current = resumed_from
+    recorder = _Recorder(write_dir, run_dir, chief)
+    train_accuracy, current = None, resumed_from
     with ProgressBar(total=cfg.train.steps, desc="train", unit="step", enabled=chief) as bar:
         bar.update(resumed_from)
         while current < cfg.train.steps:
             current = trainer.run_step()
-            if _scalar(metrics["nonfinite_steps"]) > 0:
-                metrics["nonfinite_steps"].reset_state()
-                message = (f"step {current}: non-finite loss or gradient norm (loss "
-                           f"{_scalar(metrics['loss']):.4g}, gradient norm "
-                           f"{_scalar(metrics['grad_norm']):.4g})")
-                if cfg.train.on_nonfinite == "stop":
-                    raise TrainingError(message + "; stopped without saving (lower "
-                                        "optimizer.learning_rate, or set train.on_nonfinite=skip_step)")
-                logging.warning("%s; the update was skipped", message)
-            values = None
+            _check_finite(trainer, current)
+            values = {}
             if current % cfg.train.log_every == 0 or current == cfg.train.steps:
-                values = {name: _scalar(m) for name, m in metrics.items() if name != "nonfinite_steps"}
-                values["lr"] = _learning_rate(trainer.optimizer)
+                values = _log_metrics(trainer, recorder, current)
                 train_accuracy = values.get("accuracy", train_accuracy)
-                with writer.as_default(step=current):
-                    for name, value in values.items():
-                        tf.summary.scalar(name, value)
-                if chief:
-                    run_dir.append_history({"kind": "train", "step": current, **values})
-                for m in metrics.values():
-                    m.reset_state()
-            bar.update(1, **(values or {}))
+            bar.update(1, **values)
             stop_early = False
             if val_ds is not None and current % cfg.train.eval_every == 0:
                 report = task.evaluate(model, val_ds)
-                scalars = {k: v for k, v in report.items() if isinstance(v, float)}
-                with eval_writer.as_default(step=current):
-                    for name, value in scalars.items():
-                        tf.summary.scalar(f"val_{name}", value)
-                if chief:
-                    run_dir.append_history({"kind": "eval", "step": current, **scalars})
+                recorder.record("eval", current, {k: v for k, v in report.items()
+                                                  if isinstance(v, float)}, prefix="val_")
                 stop_early = best.update(report, current)
             if current % cfg.train.checkpoint_every == 0 or current == cfg.train.steps or stop_early:
                 manager.save(checkpoint_number=current)
@@ -392,7 +421,6 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
                 logging.info("early stopping at step %d: no %s gain in %d evaluations", current,
                              cfg.train.best_metric, cfg.train.early_stopping)
                 break
-    writer.flush()
     if val_ds is not None:
         best.restore()
 
@@ -401,13 +429,11 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     _warn_if_batchnorm_not_warmed_up(train_accuracy, report, task.data_info.num_classes, current)
     if chief:
         task.save_artifacts(run_dir, model, report)
-        with eval_writer.as_default(step=current):
-            for name in ("top1", "top5", "balanced_accuracy"):
-                if isinstance(report.get(name), float):
-                    tf.summary.scalar(name, report[name])
+        recorder.record("eval", current, {k: report[k] for k in ("top1", "top5", "balanced_accuracy")
+                                          if isinstance(report.get(k), float)}, history=False)
         if cfg.train.plots:
-            _write_plots(run_dir, eval_writer, current)
-    eval_writer.flush()
+            _write_plots(run_dir, recorder.writers["eval"], current)
+    recorder.flush()
     return TrainResult(cfg.train.model_dir, current, resumed_from, time.time() - start_time, report)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
@@ -38,21 +38,31 @@ def register_custom_objects() -> None:
     import finegrain_tf.train.optim  # noqa: F401  (the learning-rate schedule)
 
 
+class _Artifact:
+    """A file or folder of the run: `RunDir.X` is its name, `run_dir.X` its path."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run_dir, owner):
+        return self.name if run_dir is None else os.path.join(run_dir.path, self.name)
+
+
 class RunDir:
     """Paths and readers/writers of the artifacts of one training run."""
 
-    PARAMS = "params.yaml"
-    MODEL = "model.keras"
-    BACKBONE_WEIGHTS = "backbone.weights.h5"
-    CLASS_NAMES = "class_names.txt"
-    CLASS_COUNTS = "class_counts.json"
-    STAGE_CLASS_COUNTS = "class_counts_stage.json"
-    EVAL_REPORT = "eval_report.json"
-    HISTORY = "history.jsonl"
-    CHECKPOINTS = "checkpoints"
-    BEST_CHECKPOINT = os.path.join("checkpoints", "best")
-    LOGS = "logs"
-    PLOTS = "plots"
+    params_path = _Artifact("params.yaml")
+    model_path = _Artifact("model.keras")
+    backbone_weights_path = _Artifact("backbone.weights.h5")
+    class_names_path = _Artifact("class_names.txt")
+    class_counts_path = _Artifact("class_counts.json")
+    stage_class_counts_path = _Artifact("class_counts_stage.json")
+    eval_report_path = _Artifact("eval_report.json")
+    history_path = _Artifact("history.jsonl")
+    checkpoint_dir = _Artifact("checkpoints")
+    best_checkpoint_dir = _Artifact(os.path.join("checkpoints", "best"))
+    logs_dir = _Artifact("logs")
+    plots_dir = _Artifact("plots")
 
     def __init__(self, path: str):
         if not path:
@@ -62,55 +72,11 @@ class RunDir:
     def __repr__(self):
         return f"RunDir({self.path!r})"
 
-    def join(self, name: str) -> str:
-        return os.path.join(self.path, name)
-
-    # Paths ---------------------------------------------------------------------------------------
-    @property
-    def params_path(self) -> str:
-        return self.join(self.PARAMS)
-
-    @property
-    def model_path(self) -> str:
-        return self.join(self.MODEL)
-
-    @property
-    def backbone_weights_path(self) -> str:
-        return self.join(self.BACKBONE_WEIGHTS)
-
-    @property
-    def class_names_path(self) -> str:
-        return self.join(self.CLASS_NAMES)
-
-    @property
-    def class_counts_path(self) -> str:
-        return self.join(self.CLASS_COUNTS)
-
-    @property
-    def stage_class_counts_path(self) -> str:
-        return self.join(self.STAGE_CLASS_COUNTS)
-
-    @property
-    def eval_report_path(self) -> str:
-        return self.join(self.EVAL_REPORT)
-
-    @property
-    def history_path(self) -> str:
-        return self.join(self.HISTORY)
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return self.join(self.CHECKPOINTS)
-
-    @property
-    def best_checkpoint_dir(self) -> str:
-        return self.join(self.BEST_CHECKPOINT)
-
     def log_dir(self, which: str = "train") -> str:
-        return os.path.join(self.path, self.LOGS, which)
+        return os.path.join(self.logs_dir, which)
 
     def plot_path(self, name: str) -> str:
-        return os.path.join(self.path, self.PLOTS, name)
+        return os.path.join(self.plots_dir, name)
 
     def makedirs(self) -> "RunDir":
         os.makedirs(self.path, exist_ok=True)
@@ -139,7 +105,7 @@ class RunDir:
     def save_model(self, model: "keras.Model") -> str:
         bad = [w.path for w in model.weights if not np.all(np.isfinite(np.asarray(w)))]
         if bad:
-            raise ValueError(f"refusing to write {self.MODEL}: non-finite weights in {bad[:3]}")
+            raise ValueError(f"refusing to write {self.model_path}: non-finite weights in {bad[:3]}")
         model.save(self.model_path)
         return self.model_path
 
@@ -201,5 +167,6 @@ class RunDir:
                     latest[(record.get("kind"), record.get("step"))] = record
         return sorted(latest.values(), key=lambda r: (r.get("step", 0), r.get("kind", "")))
 
-    def exists(self, name: Optional[str] = None) -> bool:
-        return os.path.exists(self.join(name) if name else self.path)
+    def exists(self, name: str = "") -> bool:
+        """Whether the run directory (or its artifact `name`, e.g. `RunDir.model_path`) exists."""
+        return os.path.exists(os.path.join(self.path, name))

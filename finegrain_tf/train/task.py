@@ -107,6 +107,14 @@ class Task:
         """One step on one replica's batch (runs inside `strategy.run`); updates `metrics`."""
         raise NotImplementedError
 
+    def average_loss(self, per_example: tf.Tensor, model: keras.Model) -> tf.Tensor:
+        """This replica's share of the global-batch mean of `per_example` plus its share of the
+        model's regularisation losses (summed over replicas, this is the one-device loss)."""
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.cfg.data.batch_size)
+        if model.losses:
+            loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        return loss
+
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, model: keras.Model, optimizer,
                         metrics: dict) -> None:
         """Gradient of `loss` (this replica's share of the global-batch mean), applied by `optimizer`.

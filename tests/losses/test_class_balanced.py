@@ -305,7 +305,7 @@ def test_mixed_precision_pass(batch):
 
 
 def test_prior_bias_initializer_and_sigmoid_start():
-    from finegrain_tf.models.initializers import PriorBias
+    from finegrain_tf.layers import PriorBias
     init = PriorBias(num_classes=100)
     b = keras.ops.convert_to_numpy(init((100,)))
     np.testing.assert_allclose(b, -math.log(99.0), rtol=1e-6)

@@ -3,20 +3,12 @@ naming the offending key / value / step, and a user error never prints a traceba
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from finegrain_tf.train import config
 
-TINY = [
-    "data.image_size=32", "data.batch_size=8", "data.synthetic.num_classes=4",
-    "data.synthetic.num_superclasses=2", "data.synthetic.train_per_class=8",
-    "data.synthetic.val_per_class=2", "data.synthetic.test_per_class=4",
-    "data.synthetic.image_size=32", "optimizer.learning_rate=0.01", "train.log_every=1",
-    "train.plots=false",
-]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+from train_utils import ENV, train_cmd  # noqa: E402 (same test folder)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -93,11 +85,9 @@ def test_sections_are_frozen():
 
 
 def _train(tmp_path, *overrides, config_file=None):
-    args = [sys.executable, "-m", "finegrain_tf.train.main", f"--model_dir={tmp_path / 'run'}"]
-    if config_file:
-        args.append(f"--config={config_file}")
-    args += [f"--set={o}" for o in TINY + list(overrides)]
-    return subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    cmd = train_cmd(tmp_path / "run", "train.plots=false", *overrides,
+                    config_files=[config_file] if config_file else [])
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("override, message", [

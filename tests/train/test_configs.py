@@ -44,6 +44,8 @@ def toy_overrides(cfg: config.ExperimentConfig, model_dir: str) -> list:
                       "data.eval_split=test"]
     if cfg.model.weights == "imagenet":
         overrides.append("model.weights=")
+    if cfg.pairs.invariant_weights == "imagenet":  # the double Siamese's invariant network I
+        overrides.append("pairs.invariant_weights=")
     if cfg.model.embedding_dim:
         overrides.append("model.embedding_dim=8")
     return overrides

@@ -1,32 +1,20 @@
-"""The training binary end to end: default, 2-device mirrored, 2-worker multi-worker, kill + resume.
+"""The training binary end to end: default, 2-device mirrored, 2-worker multi-worker, periodic
+evaluation with the best checkpoint and early stopping, plots (kill + exact resume: test_resume.py).
 
 Every run is a subprocess, so the logical-device and TF_CONFIG set-ups do not leak between tests.
 """
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import yaml
 
-TINY = [
-    "data.image_size=32", "data.batch_size=8", "data.synthetic.num_classes=4",
-    "data.synthetic.num_superclasses=2", "data.synthetic.train_per_class=8",
-    "data.synthetic.val_per_class=2", "data.synthetic.test_per_class=4",
-    "data.synthetic.image_size=32", "optimizer.learning_rate=0.01", "train.log_every=1",
-]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-
-
-def _train_cmd(model_dir, *overrides):
-    args = [sys.executable, "-m", "finegrain_tf.train.main", f"--model_dir={model_dir}"]
-    return args + [f"--set={o}" for o in TINY + list(overrides)]
+from train_utils import ENV, TINY, train_cmd as _train_cmd  # noqa: E402 (same test folder)
 
 
 def _free_port():
@@ -107,6 +95,7 @@ def test_two_device_mirrored_strategy(tmp_path):
     assert "REPLICAS 2 STEP 2" in out.stdout
 
 
+@pytest.mark.slow
 def test_two_worker_multi_worker_mirrored(tmp_path):
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
@@ -130,26 +119,51 @@ def test_two_worker_multi_worker_mirrored(tmp_path):
     assert any(c.startswith("ckpt-3.") for c in os.listdir(os.path.join(model_dir, "checkpoints")))
 
 
-def test_killed_run_resumes_from_checkpoint(tmp_path):
-    model_dir = str(tmp_path / "run")
-    cmd = _train_cmd(model_dir, "train.steps=200", "train.checkpoint_every=5")
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    ckpt_dir = os.path.join(model_dir, "checkpoints")
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(os.path.join(ckpt_dir, "checkpoint")):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not os.path.exists(os.path.join(model_dir, "eval_report.json"))
+def test_run_dir_keeps_first_stage_counts(tmp_path):
+    from finegrain_tf.train.run_dir import RunDir
 
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    run_dir = RunDir(str(tmp_path))
+    run_dir.save_class_counts([40, 20, 5])
+    run_dir.save_class_counts([10, 10, 5])  # stage 2: capped by data.balanced_cap
+    assert run_dir.load_class_counts() == [40, 20, 5]
+    with open(run_dir.stage_class_counts_path) as f:
+        assert json.load(f) == [10, 10, 5]
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from finegrain_tf.train import config, loop
+
+    cfg = config.build_config([], ["train.eval_every=1", "train.early_stopping=2",
+                                   "train.best_metric=balanced_accuracy"])
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = loop._Best(cfg, str(tmp_path / "best"), model)
+    stops = []
+    for step, value in enumerate([0.5, 0.6, 0.6, 0.4], start=1):
+        model.layers[0].bias.assign([float(step)])
+        stops.append(best.update({"balanced_accuracy": value}, step))
+    assert stops == [False, False, False, True]  # two evaluations without a gain
+    model.layers[0].bias.assign([0.0])
+    best.restore()
+    assert float(model.layers[0].bias.numpy()[0]) == 2.0  # the model of the best evaluation
+    assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith("ckpt-2")
+
+
+def test_periodic_evaluation_history_and_plots(tmp_path):
+    model_dir = str(tmp_path / "run")
+    out = subprocess.run(_train_cmd(model_dir, "train.steps=4", "train.eval_every=2",
+                                    "data.val_split=val"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    resumed = [line for line in out.stderr.splitlines() if "resumed from" in line]
-    assert resumed, out.stderr[-2000:]
-    resumed_step = int(resumed[0].rsplit("step", 1)[1])
-    assert resumed_step >= 5 and resumed_step % 5 == 0
-    assert _report(model_dir)["train_steps"] == 200
+    from finegrain_tf.train.run_dir import RunDir
+
+    history = RunDir(model_dir).load_history()
+    assert [r["step"] for r in history if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in history if r["kind"] == "eval"] == [2, 4]
+    assert os.listdir(os.path.join(model_dir, "checkpoints", "best"))
+    for name in ("curves.png", "per_class_accuracy.png", "confusion.png"):
+        with open(os.path.join(model_dir, "plots", name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+    assert "training classes" in out.stderr  # the class-count table at the start

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import keras
@@ -16,19 +15,13 @@ import pytest
 from finegrain_tf.train import config, loop
 from finegrain_tf.train.run_dir import RunDir
 
-TINY = [
-    "data.image_size=32", "data.batch_size=8", "data.synthetic.num_classes=4",
-    "data.synthetic.num_superclasses=2", "data.synthetic.train_per_class=8",
-    "data.synthetic.val_per_class=2", "data.synthetic.test_per_class=4",
-    "data.synthetic.image_size=32", "optimizer.learning_rate=0.01", "train.log_every=1",
-    "train.plots=false",
-]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+from train_utils import ENV, TINY, train_cmd  # noqa: E402 (same test folder)
+
+TINY = TINY + ["train.plots=false"]
 
 
 def _train_cmd(model_dir, *overrides):
-    args = [sys.executable, "-m", "finegrain_tf.train.main", f"--model_dir={model_dir}"]
-    return args + [f"--set={o}" for o in TINY + list(overrides)]
+    return train_cmd(model_dir, "train.plots=false", *overrides)
 
 
 def _losses(model_dir):

@@ -145,10 +145,7 @@ class ClassificationTask(Task):
             else:
                 logits = tf.cast(model(images, training=True), tf.float32)
                 y_pred = logits
-            per_example = self._loss(labels, y_pred)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.cfg.data.batch_size)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            loss = self.average_loss(self._loss(labels, y_pred), model)
         self.apply_gradients(tape, loss, model, optimizer, metrics)
         metrics["loss"].update_state(loss * replicas)
         metrics["accuracy"].update_state(labels, logits)
