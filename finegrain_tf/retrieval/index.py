@@ -109,8 +109,13 @@ def squared_distances_tf(queries, sq_norms_q, vectors, sq_norms_v):
     return tf.maximum(d, 0.0)
 
 
-def row_sq_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64)).astype(np.float32)
+def row_sq_norms(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """||x_i||^2 accumulated in float64, in row blocks (no float64 copy of a large gallery)."""
+    out = np.empty(len(x), np.float32)
+    for start in range(0, len(x), chunk):
+        block = x[start:start + chunk].astype(np.float64)
+        out[start:start + chunk] = np.einsum("ij,ij->i", block, block)
+    return out
 
 
 class ExactIndex(SearchIndex):

@@ -112,8 +112,9 @@ class Retriever:
         k = checks.positive_int(k, "k")
         if k > self.index.size:
             raise ValueError(f"k={k} is larger than the gallery ({self.index.size} items)")
-        if nprobe is not None and self.index.kind == "ivf":
+        if nprobe is not None and self.index.kind != "exact":
             self.index.search_positions(x[:1], 1, nprobe)  # validates nprobe with a ValueError
+            nprobe = tf.constant(nprobe, tf.int32)  # a tensor: one trace for every nprobe
         dists, positions = [], []
         for start in range(0, len(x), self.batch_size):
             d, p = self._search(tf.constant(x[start:start + self.batch_size]), k, nprobe)

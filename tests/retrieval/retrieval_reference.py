@@ -11,10 +11,7 @@ def brute_force_knn(queries, gallery, k):
     for q in queries:
         row = []
         for j, g in enumerate(gallery):
-            total = 0.0
-            for a, b in zip(q, g):
-                total += (a - b) * (a - b)
-            row.append((total, j))
+            row.append((float(np.sum((q - g) ** 2)), j))
         row.sort()  # by distance, then by position
         dists.append([d for d, _ in row[:k]])
         positions.append([j for _, j in row[:k]])
