@@ -154,3 +154,14 @@ def test_coarse_filter_keeps_confident_members_of_the_coarse_category(tmp_path, 
     assert state["counts"]["after_coarse_filter"] == keep.sum()
     queued = {it["item_id"] for it in store.lease(store.add_labeler("x"), 100)}
     assert queued == {subset.ids[j] for j in np.flatnonzero(keep)}  # threshold 0: all kept are proposed
+
+
+def test_sharded_scoring_waits_for_every_shard(tmp_path, setup):
+    boot, store, fake = make(tmp_path, setup, rounds=1, threshold=0.0)
+    first = boot.run(shard_index=0, num_shards=2)[0]
+    assert first["stage"] == "trained" and store.pending(round=1) == 0  # nothing queued yet
+    # another machine scores shard 1 (same work dir, its own process)
+    boot2, _, fake2 = make(tmp_path, setup, rounds=1, threshold=0.0)
+    done = boot2.run(shard_index=1, num_shards=2)[0]
+    assert done["stage"] == "queued" and not fake2.calls  # no retraining
+    assert done["counts"]["proposed"] == done["counts"]["candidates"] == len(boot.subsets[0])
