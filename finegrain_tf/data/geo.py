@@ -33,8 +33,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from finegrain_tf.data.decode import decode_image
 from finegrain_tf.data.loaders import find_bad_images
-from finegrain_tf.data.preprocessing import decode_image
+from finegrain_tf.data.manifest import JSON_SUFFIXES, read_rows
 
 REQUIRED_COLUMNS = ("path", "latitude", "longitude", "timestamp", "user_id")
 OPTIONAL_COLUMNS = ("source",)
@@ -119,33 +120,6 @@ def _coordinate(value, name: str, limit: float, where: str) -> float:
     return number
 
 
-def _read_rows(path: str) -> list[tuple[str, dict]]:
-    """(where, row dict) for each data row of a CSV or JSONL manifest."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.lower().endswith((".jsonl", ".ndjson", ".json")):
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}: line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                rows.append((where, row))
-        else:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: CSV header {reader.fieldnames!r} lacks columns {missing} "
-                                 f"(required: {list(REQUIRED_COLUMNS)})")
-            for number, row in enumerate(reader, start=2):
-                rows.append((f"{path}: row {number}", row))
-    return rows
-
-
 def load_manifest(path: str, verify_images: bool = True) -> GeoPhotos:
     """Reads a CSV or JSONL manifest of geo-tagged photos (see the module docstring).
 
@@ -157,7 +131,8 @@ def load_manifest(path: str, verify_images: bool = True) -> GeoPhotos:
         raise ValueError(f"manifest {path!r} does not exist or is not a file")
     base = os.path.dirname(os.path.abspath(path))
     columns = {name: [] for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
-    for where, row in _read_rows(path):
+    for line, row in read_rows(path):
+        where = f"{path}:{line}"
         missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "")]
         if missing:
             raise ValueError(f"{where}: missing {missing} (required: {list(REQUIRED_COLUMNS)})")
@@ -177,10 +152,11 @@ def load_manifest(path: str, verify_images: bool = True) -> GeoPhotos:
                        np.asarray(columns["timestamp"]), np.asarray(columns["user_id"]),
                        np.asarray(columns["source"]), paths=columns["path"])
     if verify_images:
-        bad = set(find_bad_images(photos.paths))
+        bad, too_large = find_bad_images(photos.paths)
+        bad = set(bad)
         if bad:
-            logging.warning("manifest %s: skipped %d unreadable or corrupt images (first: %s)", path,
-                            len(bad), sorted(bad)[0])
+            logging.warning("manifest %s: skipped %d unreadable, corrupt or oversized (%d) images "
+                            "(first: %s)", path, len(bad), len(too_large), sorted(bad)[0])
             photos = photos.subset(np.array([p not in bad for p in photos.paths]))
             photos.skipped = sorted(bad)
             if len(photos) == 0:
@@ -199,7 +175,7 @@ def write_manifest(photos: GeoPhotos, path: str, paths: Optional[Sequence[str]] 
             for p, la, lo, t, u, s in zip(paths, photos.latitudes, photos.longitudes, photos.timestamps,
                                           photos.users, photos.sources)]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        if path.lower().endswith((".jsonl", ".ndjson", ".json")):
+        if path.lower().endswith(JSON_SUFFIXES):
             f.writelines(json.dumps(row) + "\n" for row in rows)
         else:
             writer = csv.DictWriter(f, fieldnames=list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS))

@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from finegrain_tf.data.manifest import JSON_SUFFIXES, read_rows
 from finegrain_tf.data.synthetic_geo import SyntheticGeo
 
 RATINGS = ("both_similar", "both_dissimilar", "a_closer", "b_closer")
@@ -71,26 +72,9 @@ def load_rated_triplets(path: str) -> RatedTriplets:
     if not path or not os.path.isfile(path):
         raise ValueError(f"rated triplet file {path!r} does not exist or is not a file")
     base = os.path.dirname(os.path.abspath(path))
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.lower().endswith((".jsonl", ".ndjson", ".json")):
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append((f"{path}: line {number}", json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: line {number}: not valid JSON ({e.msg})") from None
-        else:
-            reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: header {reader.fieldnames!r} lacks columns {missing} "
-                                 f"(required: {list(COLUMNS)})")
-            rows = [(f"{path}: row {n}", row) for n, row in enumerate(reader, start=2)]
+    rows = [(f"{path}:{line}", row) for line, row in read_rows(path)]
     columns = {c: [] for c in COLUMNS}
     for where, row in rows:
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected an object with keys {list(COLUMNS)}")
         missing = [c for c in COLUMNS if row.get(c) in (None, "")]
         if missing:
             raise ValueError(f"{where}: missing {missing}")
@@ -108,7 +92,7 @@ def write_rated_triplets(triplets: RatedTriplets, path: str) -> str:
     rows = [{"query": q, "a": a, "b": b, "rating": RATINGS[int(r)]}
             for q, a, b, r in zip(triplets.query, triplets.a, triplets.b, triplets.ratings)]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        if path.lower().endswith((".jsonl", ".ndjson", ".json")):
+        if path.lower().endswith(JSON_SUFFIXES):
             f.writelines(json.dumps(row) + "\n" for row in rows)
         else:
             writer = csv.DictWriter(f, fieldnames=list(COLUMNS))

@@ -8,7 +8,8 @@ pattern, and a landmark (a shape from `synthetic.py`'s families with its subtle 
 Some places are neighbours 40-90 m from another one sharing its skyline palette (hard negatives for
 ring queries). Each photo of a place varies by the nuisances of a real photo collection:
 
-- viewpoint (pan, zoom, a small roll; each user has a habitual viewpoint),
+- viewpoint (pan, zoom, a small roll; each user has a habitual viewpoint), and users who shoot
+  series: several photos of a place within minutes,
 - time of day from the timestamp's hour (daylight, golden hour, night with lit windows),
 - season from the timestamp's month (snow, spring green, summer green, autumn orange),
 - weather (clear, overcast, fog, rain streaks) and people standing in front,
@@ -191,6 +192,7 @@ def _finish(img: np.ndarray, rng: np.random.Generator, grayscale: bool) -> np.nd
 
 def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: int = 64, seed: int = 0,
                  num_users: int = 0, gps_noise_m: float = 3.0, snap_share: float = 0.3,
+                 session_share: float = 0.5,
                  fuzzy_share: float = 0.1,
                  grayscale_share: float = 0.05, duplicate_share: float = 0.02,
                  neighbour_share: float = 0.2, timelapse_users: int = 1, timelapse_photos: int = 30,
@@ -205,6 +207,8 @@ def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: i
       num_users: photographers (0 = one per two places).
       gps_noise_m: standard deviation of the GPS error per coordinate, metres.
       snap_share: share of photos placed exactly at their place's coordinates (no GPS noise).
+      session_share: chance that a user's photo at a place they photographed before is taken in the
+        same outing (minutes after the previous one), as Flickr users upload series.
       fuzzy_share, grayscale_share, duplicate_share: shares of unrelated, grayscale, re-uploaded photos.
       neighbour_share: share of places that sit 40-90 m from another with the same skyline palette.
       timelapse_users, timelapse_photos: time-lapse cameras and their photos each.
@@ -219,7 +223,7 @@ def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: i
         raise ValueError(f"image_size must be >= 16, got {image_size!r}")
     seed = checks.non_negative_int(seed, "seed")
     for name, share in (("fuzzy_share", fuzzy_share), ("grayscale_share", grayscale_share),
-                        ("snap_share", snap_share),
+                        ("snap_share", snap_share), ("session_share", session_share),
                         ("duplicate_share", duplicate_share), ("neighbour_share", neighbour_share)):
         checks.in_range(share, name, 0.0, 1.0)
     gps_noise_m = checks.in_range(gps_noise_m, "gps_noise_m", 0.0)
@@ -262,6 +266,7 @@ def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: i
     place, season, hour = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     fuzzy, gray, lapse = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
     users = []
+    last_visit = {}  # (user, place) -> time of that user's latest photo there
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
     for index, rec in enumerate(records):
         r = np.random.default_rng([seed, 1, index])
@@ -280,6 +285,13 @@ def generate_geo(num_places: int = 300, photos_per_place: int = 6, image_size: i
                 when += datetime.timedelta(days=30)
         hr = int(r.choice(hours, p=hour_weights))
         times[index] = when.timestamp() + hr * 3600 + r.uniform(0, 3600)
+        visit = (rec["user"], k)
+        if not rec["timelapse"] and visit in last_visit and r.random() < session_share:
+            # The same outing: a few minutes after this user's previous photo here.
+            later = last_visit[visit] + r.uniform(60, 1800)
+            if int(later % 86400 // 3600) in hours:
+                times[index], hr = later, int(later % 86400 // 3600)
+        last_visit[visit] = times[index]
         place[index], hour[index] = k, hr
         season[index] = _season_of(datetime.datetime.fromtimestamp(times[index], datetime.timezone.utc).month)
         snapped = rec["timelapse"] or r.random() < snap_share  # a time-lapse camera stands still
