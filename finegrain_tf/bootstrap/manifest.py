@@ -7,7 +7,6 @@ names) that `finegrain-train` reads with `data.name=manifest`, and H_i as a hard
 
 from __future__ import annotations
 
-import csv
 import os
 from typing import Sequence
 
@@ -25,10 +24,5 @@ def write_manifest(path: str, paths: Sequence[str], labels: Sequence[str]) -> st
     """Writes `path,label` rows (absolute paths) atomically."""
     if len(paths) != len(labels):
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label"])
-        writer.writerows((os.path.abspath(p), label) for p, label in zip(paths, labels))
-    os.replace(tmp, path)
-    return path
+    return manifest.write_rows(path, ["path", "label"],
+                               ((os.path.abspath(p), label) for p, label in zip(paths, labels)))

@@ -57,6 +57,20 @@ def read_rows(path: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def write_rows(path: str, header: Sequence[str], rows) -> str:
+    """Writes a CSV file with a header row atomically (temp file, fsync, rename): a reader never sees
+    half a file. Used for the manifests and hard-negative files the bootstrapping rounds write."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 def _pick(row: dict, keys) -> Optional[str]:
     for key in keys:
         value = row.get(key)

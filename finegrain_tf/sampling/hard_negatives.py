@@ -14,14 +14,13 @@ synthetic dataset (so configs can ship a file for it). The bootstrap rounds writ
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 
-from finegrain_tf.data.manifest import read_rows
+from finegrain_tf.data.manifest import read_rows, write_rows
 
 _ITEM_KEYS = ("image", "path", "image_path", "id", "image_id", "file")
 _CLASS_KEYS = ("class", "proposed_class", "label", "class_id", "class_name")
@@ -72,13 +71,7 @@ def write_hard_negatives(path: str, items: Sequence[str], class_names: Sequence[
     """Writes rows (item, proposed class name) as CSV, atomically (temp file + rename)."""
     if len(items) != len(class_names):
         raise ValueError(f"{len(items)} items but {len(class_names)} classes")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_path", "proposed_class"])
-        writer.writerows(zip(items, class_names))
-    os.replace(tmp, path)
-    return path
+    return write_rows(path, ["image_path", "proposed_class"], zip(items, class_names))
 
 
 def synthetic_id(split: str, index: int) -> str:
