@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import keras
-import tensorflow as tf
 
 from finegrain_tf.layers.normalization import CaffeNormalize, Rescale
 
@@ -49,18 +48,16 @@ def small_cnn(input_size: int, width: int = 32, name: str = "small_cnn") -> kera
     """A 4-stage CNN (conv-BN-ReLU x2 per stage, each stage opening with a stride-2 conv) for CPU
     demos and tests: stride 16 overall, 8 * width channels out (a 4x4x256 map at 64x64 input).
 
-    Built under a strategy with several replicas, its batch normalisation is synchronised: the
-    statistics are those of the global batch, so N replicas train like one device."""
-    synchronized = tf.distribute.has_strategy() and \
-        tf.distribute.get_strategy().num_replicas_in_sync > 1
+    Its batch normalisation is synchronised: under a strategy with N replicas the statistics are
+    those of the global batch, computed the same way as on one device, so N replicas train like one
+    device (tests/train/test_distributed.py)."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = Rescale(1.0 / 127.5, -1.0, name="normalize")(inputs)
     for stage, filters in enumerate((width, 2 * width, 4 * width, 8 * width)):
         for conv in range(2):
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                     strides=2 if conv == 0 else 1, name=f"conv{stage}_{conv}")(x)
-            x = keras.layers.BatchNormalization(synchronized=synchronized,
-                                                name=f"bn{stage}_{conv}")(x)
+            x = keras.layers.BatchNormalization(synchronized=True, name=f"bn{stage}_{conv}")(x)
             x = keras.layers.ReLU(name=f"relu{stage}_{conv}")(x)
     return keras.Model(inputs, x, name=name)
 
