@@ -1,15 +1,29 @@
-"""Kernel approximation error of kernel pooling (seed 000 §3.3.2, eq 3.12, Fig 3.6).
+"""Kernel approximation error of kernel pooling (seed 000 §3.3.2, eq 3.12, Fig 3.6): why random ReLU
+features gave 19 % where the seed shows ~1 %, and which setting reproduces ~1 %.
 
-Sweeps the sketch dimension d_bar, the order p and gamma on L2-normalised features and writes
-`kernel_approx_error.json` (every record + the headline number at d_bar = 4096, p = 4, gamma from
-`estimate_gamma`) and `kernel_approx_error.png` (mean relative error vs d_bar, log scale: one panel
-per gamma, one curve per order, dashed lines = Taylor truncation error, the d_bar -> inf limit).
+The relative error of phi(x)^T phi(y) against exp(-gamma ||x - y||^2) is swept over
+  * the feature distribution: L2-normalised means of `pool` ReLU(N(0, 1)) vectors (pool = 1 is the
+    old stand-in; pooled activations of a CNN are dense and similar, mean cosine ~0.7-0.9),
+  * gamma: the §3.3.2 estimate 1 / mean <x, y> and fixed values,
+  * the sketch dimension d_bar and the order p,
+over --seeds seeds (features, pairs and hashes all change with the seed). Writes
+`kernel_approx_error.json` (records + per-family headline mean ± std at p = 4, d_bar = 4096,
+estimated gamma) and `kernel_approx_error.png` to --output_dir (default studies/results).
 
-Features: `--features=relu` (default) are L2-normalised ReLU(N(0, 1)) vectors of size
-`--feature_dim` (512 like VGG-16 conv5_3), a stand-in for CNN activations; `--features=PATH.npy`
-loads any [N, c] array (e.g. backbone features extracted offline).
+Findings (studies/results/kernel_approx_error.json, 3 seeds, 1000 pairs, c = 512, p = 4, d_bar = 4096):
+  * With gamma = 1 / mean <x, y> (§3.3.2) a typical pair has 2 gamma x^T y ~ 2, so the order-4
+    Taylor truncation alone is ~5.3 % (1 - 7 / e^2) whatever the features: 6.2-6.4 % on pooled
+    (dense, cosine 0.65-0.97) features.
+  * Random ReLU features (cosine 1/pi) give gamma ~ pi; then K = exp(-2 gamma (1 - cos)) is small
+    against the sketch noise of the high orders (~ alpha_p^2, `noise_to_kernel` ~ 8.6): 20.0 ± 0.5 %,
+    of which 5.4 % truncation. The feature distribution matters only through gamma and the cosine.
+  * ~1 % needs a smaller gamma: 0.6-0.8 % at gamma = 0.5 and 0.16-0.21 % at 0.25 on every feature
+    family (the sketch noise then also shrinks); at gamma = 1, 2.2-5.6 %. A very small gamma makes the
+    RBF kernel nearly flat, so a small relative error is easy there; the seed's "proper gamma" is
+    presumably the best of its sweep, not the §3.3.2 estimate.
 
-    python -m studies.kernel_approx_error --output_dir runs/studies/kernel_approx_error
+    python -m studies.kernel_approx_error                 # ~12 min on 2 shared cores
+    python -m studies.kernel_approx_error --features=feats.npy   # any [N, c] backbone features
 """
 
 from __future__ import annotations
@@ -20,16 +34,25 @@ import os
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "runs/studies/kernel_approx_error", "Where PNG + JSON go.")
-flags.DEFINE_string("features", "relu", "'relu' (random L2-normalised ReLU features) or a .npy [N, c].")
-flags.DEFINE_integer("feature_dim", 512, "c for random features.")
-flags.DEFINE_integer("num_features", 4000, "Number of random feature vectors.")
-flags.DEFINE_integer("num_pairs", 2000, "Feature pairs averaged per data point (the seed: 100K).")
-flags.DEFINE_list("dims", ["128", "256", "512", "1024", "2048", "4096"], "d_bar values.")
+flags.DEFINE_string("output_dir", "studies/results", "Where PNG + JSON go.")
+flags.DEFINE_string("features", "pooled_relu", "'pooled_relu' (the --pools sweep) or a .npy [N, c].")
+flags.DEFINE_list("pools", ["1", "4", "16", "64"], "Vectors averaged per pooled ReLU feature.")
+flags.DEFINE_integer("feature_dim", 512, "c for random features (512 like VGG-16 conv5_3).")
+flags.DEFINE_integer("num_features", 3000, "Number of random feature vectors.")
+flags.DEFINE_integer("num_pairs", 1000, "Feature pairs averaged per data point (the seed: 100K).")
+flags.DEFINE_list("dims", ["256", "1024", "4096"], "d_bar values.")
 flags.DEFINE_list("orders", ["2", "3", "4"], "Orders p.")
-flags.DEFINE_list("gammas", ["estimated", "0.5", "1", "2", "4"],
+flags.DEFINE_list("gammas", ["estimated", "0.25", "0.5", "1"],
                   "gamma values; 'estimated' = 1 / mean <x, y> (§3.3.2).")
-flags.DEFINE_integer("seed", 0, "Seed of the features, the pairs and the hashes.")
+flags.DEFINE_integer("seeds", 3, "Seeds 0..seeds-1 of the features, the pairs and the hashes.")
+
+
+def _families(np, ka, seed):
+    if FLAGS.features != "pooled_relu":
+        yield "file", ka.l2_normalize(np.load(FLAGS.features))
+        return
+    for pool in [int(p) for p in FLAGS.pools]:
+        yield f"pool{pool}", ka.pooled_relu_features(FLAGS.num_features, FLAGS.feature_dim, pool, seed)
 
 
 def main(argv):
@@ -37,29 +60,48 @@ def main(argv):
     import numpy as np
 
     from finegrain_tf.analysis import kernel_approx as ka
-    from finegrain_tf.ops.taylor_kernel import estimate_gamma
 
-    if FLAGS.features == "relu":
-        feats = ka.random_relu_features(FLAGS.num_features, FLAGS.feature_dim, FLAGS.seed)
-    else:
-        feats = ka.l2_normalize(np.load(FLAGS.features))
-    gamma_hat = estimate_gamma(feats)
     gammas = [None if g == "estimated" else float(g) for g in FLAGS.gammas]
     dims, orders = [int(d) for d in FLAGS.dims], [int(p) for p in FLAGS.orders]
     records = []
-    for gamma in gammas:
-        recs = ka.approximation_error_sweep(feats, dims, orders, [gamma], FLAGS.num_pairs, FLAGS.seed)
-        for r in recs:
-            logging.info("gamma=%.4g p=%d d=%d: mean eps %.4f (truncation %.4f)", r["gamma"],
-                         r["order"], r["dim"], r["mean"], r["truncation"])
-        records += recs
-    headline = [r for r in records if r["gamma_estimated"] and r["order"] == 4 and r["dim"] == 4096]
+    for seed in range(FLAGS.seeds):
+        for family, feats in _families(np, ka, seed):
+            recs = ka.approximation_error_sweep(feats, dims, orders, gammas, FLAGS.num_pairs, seed)
+            for r in recs:
+                r.update(family=family, seed=seed)
+                logging.info("%s seed %d gamma=%.3g p=%d d=%d: eps %.4f (truncation %.4f, cos %.3f)",
+                             family, seed, r["gamma"], r["order"], r["dim"], r["mean"],
+                             r["truncation"], r["mean_cosine"])
+            records += recs
+    families = sorted({r["family"] for r in records}, key=lambda f: (len(f), f))
+    headline = {}
+    for family in families:
+        rs = [r for r in records if r["family"] == family and r["gamma_estimated"]
+              and r["order"] == 4 and r["dim"] == 4096]
+        if rs:
+            headline[family] = {key: [float(np.mean([r[key] for r in rs])), float(np.std([r[key] for r in rs]))]
+                                for key in ("mean", "truncation", "gamma", "mean_cosine", "mean_kernel",
+                                            "noise_to_kernel")}
+            logging.info("headline %s: eps %.4f ± %.4f at gamma %.3f (cos %.3f)", family,
+                         *headline[family]["mean"], headline[family]["gamma"][0],
+                         headline[family]["mean_cosine"][0])
+    best = {}
+    for family in families:
+        by_gamma = {}
+        for r in records:
+            if r["family"] == family and r["order"] == 4 and r["dim"] == 4096:
+                key = "estimated" if r["gamma_estimated"] else f"{r['gamma']:g}"
+                by_gamma.setdefault(key, []).append(r["mean"])
+        key = min(by_gamma, key=lambda g: np.mean(by_gamma[g]))
+        best[family] = {"gamma": key, "mean": float(np.mean(by_gamma[key])),
+                        "std": float(np.std(by_gamma[key]))}
+        logging.info("best gamma %s: %s -> eps %.4f ± %.4f", family, key, best[family]["mean"],
+                     best[family]["std"])
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    summary = {"features": FLAGS.features, "feature_dim": int(feats.shape[1]),
-               "num_pairs": FLAGS.num_pairs, "gamma_estimated": gamma_hat,
-               "mean_cosine": 1.0 / gamma_hat,
-               "headline_p4_d4096_gamma_estimated": headline[0] if headline else None,
-               "records": records}
+    summary = {"best_gamma_p4_d4096_mean_std_over_seeds": best,"claim": "seed 000 Fig 3.6: ~1 % mean relative error at d_bar = 4096, p = 4",
+               "features": FLAGS.features, "feature_dim": FLAGS.feature_dim, "num_pairs": FLAGS.num_pairs,
+               "seeds": FLAGS.seeds,
+               "headline_p4_d4096_gamma_estimated_mean_std": headline, "records": records}
     with open(os.path.join(FLAGS.output_dir, "kernel_approx_error.json"), "w") as f:
         json.dump(summary, f, indent=1)
 
@@ -67,28 +109,32 @@ def main(argv):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(gammas), figsize=(4 * len(gammas), 3.6), sharey=True,
-                             squeeze=False)
-    for ax, gamma in zip(axes[0], gammas):
-        g = gamma_hat if gamma is None else gamma
-        for k, order in enumerate(orders):
-            rs = [r for r in records if r["order"] == order and np.isclose(r["gamma"], g)
-                  and r["gamma_estimated"] == (gamma is None)]
-            line, = ax.plot([r["dim"] for r in rs], [r["mean"] for r in rs], "o-", label=f"p={order}")
-            ax.axhline(rs[0]["truncation"], ls="--", color=line.get_color(), lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("d_bar")
-        ax.set_title(f"gamma={g:.3g}" + (" (estimated)" if gamma is None else ""))
+    fig, axes = plt.subplots(1, len(families) + 1, figsize=(3.6 * (len(families) + 1), 3.4), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        for order in orders:
+            rs = [r for r in records if r["family"] == family and r["gamma_estimated"] and r["order"] == order]
+            means = [np.mean([r["mean"] for r in rs if r["dim"] == d]) for d in dims]
+            stds = [np.std([r["mean"] for r in rs if r["dim"] == d]) for d in dims]
+            ax.errorbar(dims, means, yerr=stds, marker="o", capsize=3, label=f"p={order}")
+        cos = np.mean([r["mean_cosine"] for r in records if r["family"] == family])
+        gam = np.mean([r["gamma"] for r in records if r["family"] == family and r["gamma_estimated"]])
+        ax.set(xscale="log", yscale="log", xlabel="d_bar", title=f"{family}: cos {cos:.2f}, gamma {gam:.2f}")
+        ax.axhline(0.01, color="k", lw=0.6, ls=":")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("mean relative error (eq 3.12)")
-    axes[0][0].legend()
-    fig.suptitle("Kernel pooling vs Gaussian RBF (seed 000 Fig 3.6); dashed: Taylor truncation")
+    axes[0][0].legend(fontsize=8)
+    ax = axes[0][-1]
+    xs = [headline[f]["mean_cosine"][0] for f in families]
+    ax.errorbar(xs, [headline[f]["mean"][0] for f in families], yerr=[headline[f]["mean"][1] for f in families],
+                marker="o", capsize=3)
+    for f, x_, y_ in zip(families, xs, [headline[f]["mean"][0] for f in families]):
+        ax.annotate(f, (x_, y_), fontsize=7)
+    ax.set(yscale="log", xlabel="mean cosine of feature pairs", title="p=4, d=4096, gamma estimated")
+    ax.axhline(0.01, color="k", lw=0.6, ls=":")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle("Kernel pooling vs Gaussian RBF (seed 000 Fig 3.6), mean ± std over seeds; dotted: 1 %")
     fig.tight_layout()
     fig.savefig(os.path.join(FLAGS.output_dir, "kernel_approx_error.png"), dpi=110)
-    if headline:
-        logging.info("d_bar=4096, p=4, gamma=%.4g (estimated): mean relative error %.4f",
-                     headline[0]["gamma"], headline[0]["mean"])
 
 
 def run():

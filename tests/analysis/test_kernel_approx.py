@@ -70,3 +70,17 @@ def test_sweep_records_and_error_bound():
     assert ka.error_bound(4, 100, 1.0, 0.5) == pytest.approx(2 * 3 / (100 * 0.25))
     c = 2.0
     assert ka.error_bound(2, 10, 0.5, 1.0) == pytest.approx(2 * c ** 2 * (c ** 4 - 1) / (c ** 2 - 1) / 10)
+
+
+def test_pooled_relu_features_grow_more_similar_with_pooling():
+    cosines = []
+    for pool in (1, 4, 16):
+        x = ka.pooled_relu_features(400, 64, pool, seed=3)
+        assert x.shape == (400, 64) and np.all(x >= 0)
+        np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-12)
+        gram = x @ x.T
+        cosines.append((gram.sum() - np.trace(gram)) / (400 * 399))
+    assert cosines[0] == pytest.approx(1 / np.pi, abs=0.02)  # ReLU of Gaussians: mean cosine 1/pi
+    assert cosines[0] < cosines[1] < cosines[2] < 1.0
+    with pytest.raises(ValueError, match="pool must be >= 1"):
+        ka.pooled_relu_features(4, 3, 0)
