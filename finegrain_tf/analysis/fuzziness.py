@@ -108,3 +108,44 @@ def plot_histograms(path: str, embeddings, left, right, labels, metric: str = "e
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# From photos to Table 5.7 (what `finegrain-analyze fuzziness` runs)
+
+
+def photo_embeddings(embedder, photos, image_size: int, index=None, mean_pixel=None,
+                     batch_size: int = 64) -> np.ndarray:
+    """Embeddings [N, D] (float32) of `photos` (a `finegrain_tf.data.geo.GeoPhotos`) at `index`
+    (all by default), preprocessed as the pairs task trains: square resize, optional mean pixel."""
+    import tensorflow as tf
+
+    from finegrain_tf.data.geo import square_resize
+
+    subset = photos if index is None else photos.subset(np.asarray(index, np.int64))
+    forward = tf.function(lambda x: embedder(x, training=False), reduce_retracing=True)
+    ds = subset.image_dataset().map(lambda image: square_resize(image, image_size, mean_pixel))
+    out = [np.asarray(forward(batch), np.float32).reshape(batch.shape[0], -1) for batch in ds.batch(batch_size)]
+    if not out:
+        raise ValueError("no photos to embed")
+    return np.concatenate(out)
+
+
+def photo_pair_fuzziness(photos, embedder, image_size: int, plot_path: str = "", **sampler_args) -> dict:
+    """Table 5.7's row for the §5.1.1 pair set that `sample_geo_pairs(**sampler_args)` draws from
+    `photos`, measured with `embedder` (a trained tower, or ImageNet features as in the thesis)."""
+    from finegrain_tf.sampling.geo import sample_geo_pairs
+
+    pairs = sample_geo_pairs(photos.latitudes, photos.longitudes, timestamps=photos.timestamps,
+                             users=photos.users, **sampler_args)
+    if len(pairs) == 0:
+        raise ValueError(f"the pair set is empty (counts: {pairs.counts}); loosen the sampling options")
+    index = np.unique(np.concatenate([pairs.left, pairs.right]))
+    emb = photo_embeddings(embedder, photos, image_size, index)
+    left, right = np.searchsorted(index, pairs.left), np.searchsorted(index, pairs.right)
+    report = fuzziness_statistics(emb, left, right, pairs.labels)
+    report["pair_counts"] = pairs.counts
+    if plot_path:
+        report["plot"] = plot_histograms(plot_path, emb, left, right, pairs.labels,
+                                         title=f"pair distances ({len(pairs)} pairs)")
+    return report

@@ -18,6 +18,15 @@ Subcommands:
                  finegrain-analyze granularity --features=feat.npz --measures=rankm,rs \
                    --json=gran.json       (also writes gran.png)
 
+  fuzziness    Table 5.7 of seed 004 for a geo pair set (sec. 5.1.1 options) of a photo manifest (or
+               the embedded synthetic geo set) under an embedding (a trained tower, or a backbone's
+               pooled ImageNet features), with a PNG of the two distance histograms:
+                 finegrain-analyze fuzziness --photos=photos.csv --backbone=ResNet50 --weights=imagenet \
+                   --positive_radius_m=10 --negative_min_m=2000 --json=fuzz.json   (also fuzz.png)
+  rated-triplets  Triplet accuracy of an embedding on the decisive rows of a rated-triplet file
+               (query,a,b,rating; seed 004 sec. 5.3):
+                 finegrain-analyze rated-triplets --triplets=wang.csv --model=runs/geo/model.keras
+
 Every subcommand writes its numbers as JSON with --json=path; --plot=path.png names the picture
 (default: the JSON path with .png). The summary goes to stdout.
 """
@@ -58,6 +67,20 @@ flags.DEFINE_list("measures", ["rankm"], "granularity: rankm, rank, rsm, rs, sil
 flags.DEFINE_string("metric", "euclidean", "granularity: euclidean, sqeuclidean, cosine")
 flags.DEFINE_string("json", None, "write the results as JSON to this path")
 flags.DEFINE_bool("progress", True, "features: show a progress bar (count, total, ETA)")
+flags.DEFINE_string("photos", "synthetic", "fuzziness: geo photo manifest (CSV/JSONL path,latitude,longitude,"
+                    "timestamp,user_id) or 'synthetic' (the embedded geo set)")
+flags.DEFINE_string("backbone", None, "fuzziness/rated-triplets: embed with this keras.applications "
+                    "backbone's pooled features instead of --model")
+flags.DEFINE_string("weights", "", "fuzziness/rated-triplets: --backbone weights ('' random, 'imagenet', file)")
+flags.DEFINE_float("positive_radius_m", 10.0, "fuzziness: positives within this many metres")
+flags.DEFINE_float("location_error_m", 10.0, "fuzziness: GPS error per photo (far negatives: R + 2 e)")
+flags.DEFINE_enum("negatives", "far", ["far", "ring", "near"], "fuzziness: negative pairs (sec. 5.1.1)")
+flags.DEFINE_float("negative_min_m", 2000.0, "fuzziness: far negatives beyond this many metres (+ 2 e)")
+flags.DEFINE_list("ring_m", ["30", "100"], "fuzziness: ring negatives between a,b metres")
+flags.DEFINE_enum("positive_user", "any", ["any", "same", "different"], "fuzziness: positives' users")
+flags.DEFINE_enum("negative_user", "any", ["any", "same", "different"], "fuzziness: negatives' users")
+flags.DEFINE_integer("max_positives", 0, "fuzziness: subsample positives (0 = all)")
+flags.DEFINE_string("triplets", None, "rated-triplets: CSV/JSONL file of query,a,b,rating")
 
 
 def _require(name: str):
@@ -206,8 +229,54 @@ def cmd_granularity() -> dict:
     return result
 
 
+def _embedder():
+    """(embedding model, input size) of --model (a .keras file) or --backbone / --weights."""
+    import keras
+
+    import finegrain_tf.layers  # noqa: F401  (registers the custom layers a model may use)
+    if FLAGS.model and FLAGS.backbone:
+        raise app.UsageError("give --model or --backbone, not both")
+    if FLAGS.backbone:
+        from finegrain_tf.models.siamese import pooled_backbone
+        size = FLAGS.image_size or 224
+        return pooled_backbone(FLAGS.backbone, size, FLAGS.weights or None, "pooled_features"), size
+    model_path = _require("model")
+    if not os.path.isfile(model_path):
+        raise app.UsageError(f"--model={model_path!r}: no such file")
+    model = keras.models.load_model(model_path, compile=False)
+    size = FLAGS.image_size or model.input_shape[1]
+    if not size:
+        raise app.UsageError(f"the model's input size is not fixed ({model.input_shape}): give --image_size")
+    return model, int(size)
+
+
+def cmd_fuzziness() -> dict:
+    from finegrain_tf.analysis.fuzziness import photo_pair_fuzziness
+    from finegrain_tf.data import geo, synthetic_geo
+
+    embedder, size = _embedder()
+    photos = synthetic_geo.generate_geo(image_size=size).photos if FLAGS.photos == "synthetic" else \
+        geo.load_manifest(FLAGS.photos)
+    ring = tuple(float(v) for v in FLAGS.ring_m)
+    result = photo_pair_fuzziness(
+        photos, embedder, size, _plot_path() or "", positive_radius_m=FLAGS.positive_radius_m,
+        location_error_m=FLAGS.location_error_m, negatives=FLAGS.negatives,
+        negative_min_m=FLAGS.negative_min_m, ring_m=ring, positive_user=FLAGS.positive_user,
+        negative_user=FLAGS.negative_user, max_positives=FLAGS.max_positives)
+    return {"photos": FLAGS.photos, "embedding": FLAGS.model or f"{FLAGS.backbone} ({FLAGS.weights or 'random'})",
+            **result}
+
+
+def cmd_rated_triplets() -> dict:
+    from finegrain_tf.analysis.rated_triplets import rated_triplet_report
+
+    embedder, size = _embedder()
+    return {"triplets_file": _require("triplets"), **rated_triplet_report(FLAGS.triplets, embedder, size)}
+
+
 COMMANDS = {"features": cmd_features, "similarity": cmd_similarity, "select": cmd_select,
-            "granularity": cmd_granularity}
+            "granularity": cmd_granularity, "fuzziness": cmd_fuzziness,
+            "rated-triplets": cmd_rated_triplets}
 
 
 def main(argv):

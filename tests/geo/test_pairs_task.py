@@ -112,11 +112,15 @@ def test_export_serves_embed_and_lookup(tmp_path):
     assert ids[0][0].decode().endswith("0.png")  # a gallery image is its own nearest neighbour
 
 
-def test_reports(tmp_path):
-    cfg = config.build_config([], TOY)
-    embedder = pairs_task.embedding_model(cfg, backbone="small_cnn")
-    report = pairs_task.fuzziness_report(cfg, embedder, "train", str(tmp_path / "h.png"))
-    assert report["positives"] == report["negatives"] > 0
+def test_fuzziness_of_a_photo_pair_set(tmp_path):
+    from finegrain_tf.analysis.fuzziness import photo_pair_fuzziness
+    from finegrain_tf.data.synthetic_geo import generate_geo
+    from finegrain_tf.models.siamese import pooled_backbone
+
+    photos = generate_geo(num_places=16, photos_per_place=4, image_size=32, seed=2).photos
+    embedder = pooled_backbone("small_cnn", 32, None, "pooled")
+    report = photo_pair_fuzziness(photos, embedder, 32, str(tmp_path / "h.png"), negative_min_m=1000.0)
+    assert report["positives"] == report["negatives"] == report["pair_counts"]["positives"] > 0
     assert 0 <= report["ranking_violations_percent"] <= 100
     assert os.path.exists(tmp_path / "h.png")
     json.dumps(report)

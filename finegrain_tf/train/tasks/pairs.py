@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from finegrain_tf.analysis.fuzziness import fuzziness_statistics, plot_histograms, ranking_violations
+from finegrain_tf.analysis.fuzziness import photo_embeddings, plot_histograms, ranking_violations
 from finegrain_tf.data import entropy, geo, rated_triplets, synthetic_geo
 from finegrain_tf.losses.pairwise import ContrastiveLoss
 from finegrain_tf.metrics.retrieval import triplet_accuracy
@@ -117,16 +117,6 @@ def triplets_to_pairs(triplets: rated_triplets.RatedTriplets) -> PairSplit:
     label_a = ((r == 0) | (r == 2)).astype(np.int64)
     label_b = ((r == 0) | (r == 3)).astype(np.int64)
     return PairSplit(np.concatenate([q, q]), np.concatenate([a, b]), np.concatenate([label_a, label_b]))
-
-
-def embed_photos(tower: keras.Model, photos: geo.GeoPhotos, image_size: int, index=None,
-                 batch_size: int = 64, mean_pixel=None) -> np.ndarray:
-    """Embeddings [N, D] (float32) of the photos at `index` (all by default), as in training."""
-    subset = photos if index is None else photos.subset(np.asarray(index, np.int64))
-    forward = tf.function(lambda x: tower(x, training=False), reduce_retracing=True)
-    ds = subset.image_dataset().map(lambda image: geo.square_resize(image, image_size, mean_pixel))
-    out = [np.asarray(forward(batch), np.float32) for batch in ds.batch(batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, int(tower.outputs[0].shape[-1])), np.float32)
 
 
 @register_task("pairs")
@@ -351,7 +341,7 @@ class PairsTask(Task):
             return float("nan")
         q, a, b = (np.asarray(v)[keep] for v in (rated.query, rated.a, rated.b))
         index = np.unique(np.concatenate([q, a, b]))
-        emb = embed_photos(self.tower(model), self._photos, self.cfg.data.image_size, index,
+        emb = photo_embeddings(self.tower(model), self._photos, self.cfg.data.image_size, index,
                            mean_pixel=self._mean_pixel)
         position = {int(i): k for k, i in enumerate(index)}
         take = lambda ids: emb[[position[int(i)] for i in ids]]  # noqa: E731
@@ -420,57 +410,8 @@ class PairsTask(Task):
             os.makedirs(run_dir.plot_path(""), exist_ok=True)
             pairs = self._splits["eval"]
             index = np.unique(np.concatenate([pairs.left, pairs.right]))
-            emb = embed_photos(self.tower(model), self.photos, self.cfg.data.image_size, index,
+            emb = photo_embeddings(self.tower(model), self.photos, self.cfg.data.image_size, index,
                                mean_pixel=self._mean_pixel)
             plot_histograms(run_dir.plot_path("pair_distances.png"), emb, np.searchsorted(index, pairs.left),
                             np.searchsorted(index, pairs.right), pairs.labels,
                             title=f"held-out pair distances ({len(pairs.labels)} pairs)")
-
-
-# --------------------------------------------------------------------------------------------------
-# Reports of `finegrain-analyze fuzziness` / `rated-triplets` (the CLI only parses flags)
-
-
-def embedding_model(cfg, model_dir: str = "", backbone: str = "", weights: str = "") -> keras.Model:
-    """The embedding a report measures: a trained pairs run's tower (`model_dir`), or the pooled
-    features of a backbone (e.g. ResNet50 with ImageNet weights, the thesis's Table 5.7 model)."""
-    if model_dir:
-        from finegrain_tf.train.run_dir import RunDir
-        return RunDir(model_dir).load_model()
-    if not backbone:
-        raise ValueError("give a trained run (model_dir) or a backbone name for the embedding")
-    return siamese.pooled_backbone(backbone, cfg.data.image_size, weights or None, "pooled_features")
-
-
-def fuzziness_report(cfg, embedder: keras.Model, split: str = "train", plot_path: str = "") -> dict:
-    """Table 5.7's row for the pair set that `cfg` samples (its train or eval split)."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    task = PairsTask(cfg)
-    pairs = task.split(split)
-    index = np.unique(np.concatenate([pairs.left, pairs.right]))
-    emb = embed_photos(embedder, task.photos, cfg.data.image_size, index, mean_pixel=task._mean_pixel)
-    left, right = np.searchsorted(index, pairs.left), np.searchsorted(index, pairs.right)
-    report = fuzziness_statistics(emb, left, right, pairs.labels)
-    report["split"] = split
-    report["pair_counts"] = task.data_info.counts.get(split, task.data_info.counts)
-    if plot_path:
-        report["plot"] = plot_histograms(plot_path, emb, left, right, pairs.labels,
-                                         title=f"{split} pair distances ({len(pairs.labels)} pairs)")
-    return report
-
-
-def rated_triplet_report(path: str, embedder: keras.Model, image_size: int) -> dict:
-    """Triplet accuracy of an embedding on the decisive triplets of a rated-triplet file (§5.3)."""
-    rated = rated_triplets.load_rated_triplets(path)
-    if not rated.decisive.any():
-        raise ValueError(f"{path}: no decisive triplet (a_closer / b_closer) to score")
-    paths = sorted(set(rated.query) | set(rated.a) | set(rated.b))
-    photos = geo.GeoPhotos.from_paths(paths)
-    emb = embed_photos(embedder, photos, image_size)
-    position = {p: i for i, p in enumerate(paths)}
-    take = lambda names: emb[[position[p] for p, keep in zip(names, rated.decisive) if keep]]  # noqa: E731
-    accuracy = triplet_accuracy(take(rated.query), take(rated.a), take(rated.b), rated.closer)
-    return {"triplets": len(rated), "decisive": int(rated.decisive.sum()), "ratings": rated.counts(),
-            "triplet_accuracy": accuracy}
-
