@@ -13,7 +13,7 @@ Candidates alternate for --rounds rounds after a warm-up; each round gives batch
 printed with the ratio to `model.fit` (goal >= 0.95).
 
     python benchmarks/bench_train_loop.py                          # small CNN at 64 px
-    python benchmarks/bench_train_loop.py --backbones resnet50 --image_size 224 --batch 16
+    python benchmarks/bench_train_loop.py --backbones ResNet50 --image_size 224 --batch 16
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("backbones", ["small_cnn"], "Backbones (small_cnn, resnet50, ...).")
+flags.DEFINE_list("backbones", ["small_cnn"], "Backbones (small_cnn, ResNet50, ...: the config choices).")
 flags.DEFINE_integer("image_size", 64, "Input size.")
 flags.DEFINE_integer("batch", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 10, "Timed steps per candidate and round.")
