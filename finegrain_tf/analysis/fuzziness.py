@@ -63,6 +63,8 @@ def fuzziness_statistics(embeddings, left, right, labels, metric: str = "euclide
     Returns a dict: median/mean positive and negative distance, ranking_violations_percent,
     triplets, violations, positives, negatives, metric.
     """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     labels = np.asarray(labels).reshape(-1)
     if not np.all(np.isin(labels, (0, 1))):
         raise ValueError(f"labels must be 0 (negative) or 1 (positive), got values {np.unique(labels)!r}")

@@ -40,7 +40,7 @@ def _coordinates(latitudes, longitudes) -> tuple[np.ndarray, np.ndarray]:
     for name, values, limit in (("latitude", lat, 90.0), ("longitude", lon, 180.0)):
         bad = np.flatnonzero(~np.isfinite(values) | (np.abs(values) > limit))
         if bad.size:
-            raise ValueError(f"{name} at index {int(bad[0])} is {values[bad[0]]!r}; "
+            raise ValueError(f"{name} at index {int(bad[0])} is {float(values[bad[0]])!r}; "
                              f"expected a finite value in [-{limit:g}, {limit:g}]")
     return lat, lon
 
@@ -246,7 +246,7 @@ def sample_geo_pairs(latitudes, longitudes, *, timestamps=None, users=None, dupl
     times = None if timestamps is None else _as_array(timestamps, n, "timestamps").astype(np.float64)
     if times is not None and not np.all(np.isfinite(times)):
         bad = int(np.flatnonzero(~np.isfinite(times))[0])
-        raise ValueError(f"timestamp at index {bad} is {times[bad]!r}")
+        raise ValueError(f"timestamp at index {bad} is {float(times[bad])!r}")
     user_ids = None if users is None else _as_array(users, n, "users")
     rng = np.random.default_rng(seed)
     counts = {"photos": n}
