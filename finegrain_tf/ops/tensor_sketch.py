@@ -6,25 +6,28 @@
 with independent hashes h_t: {1..c} -> {1..d}, s_t: {1..c} -> {+1, -1}. Kernel pooling and compact
 bilinear pooling need mean_l TS_k(x_l) over the L locations of each image, for a few orders k.
 
-How it is computed (forward and backward are each one fused pass over all sketches and locations):
+How it is computed:
   * Every count sketch of every order is one row block of a single [sum_t d_t, N] matrix, built by
     ONE `tf.sparse.segment_sum` over the rows of [x^T; -x^T] (the sign picks the row; the segments
     are the bins, pre-sorted), i.e. a gather-and-add of N-float rows with no [m, c, N] signed copy.
-    Its adjoint is the same op with the roles of rows and bins swapped. Under XLA (which has no
-    sparse-segment kernel) a row gather + `unsorted_segment_sum` does the same.
-  * All m sketches of all N locations go through one batched `rfft` ([m, N, d], float32/complex64
-    whatever the Keras dtype policy); the running products P_k = F_1 ... F_k (Algorithm 1, line 5)
-    are shared by all orders.
+    Under XLA (which has no sparse-segment kernel) a row gather + `unsorted_segment_sum` does it.
+  * Each sketch is transposed to [N, d] and goes through one `rfft` over all N locations
+    (float32/complex64 whatever the Keras dtype policy); the running products P_k = F_1 ... F_k
+    (Algorithm 1, line 5) are shared by all orders.
   * The inverse FFT is linear, so the average over locations is taken in the frequency domain: one
     `irfft` per image and order instead of one per location (exactly mean_l TS_k(x_l)).
   * Backward, for the incoming gradient g_k [B, d] of order k: G_k = rfft(g_k) / L (the adjoints of
     irfft, of the mean and of rfft combined; their frequency weights cancel exactly), then
     R_m = G_m, R_t = [t wanted] G_t + conj(F_{t+1}) R_{t+1}, dF_t = conj(P_{t-1}) R_t (no division, so
-    zeros in a spectrum are harmless), one batched `irfft` of all dF_t and the adjoint count sketch.
+    zeros in a spectrum are harmless), computed on conjugates (`_group_gradient`) so no big
+    spectrum is ever conjugated; one `irfft` per sketch over all locations, and the adjoint count
+    sketch as a row gather (bin (-h) mod d, the time reversal that stands for the conjugation).
 
-Profile (benchmarks/bench_kernel_pooling.py --profile, d = 4096, p = 4, C = 2048, 14x14, B = 2, 2 CPU
-cores): the 4 N rffts forward and 4 N irffts backward are ~half of the time; the fused count sketch
-and its adjoint with their two transposes are ~a third.
+Profile (benchmarks/bench_kernel_pooling.py --profile, d = 4096, p = 4, C = 2048, 14x14, B = 2, a
+heavily shared 2-core CPU; sums of op durations): transposes between the bins-major sketch rows and
+the location-major FFT input ~31 %, complex multiplies ~19 %, IRFFT ~13 %, RFFT ~11 %, adds ~9 %,
+slices ~6 %, gathers ~4 %, the sparse segment sum ~2 %. The transposes exist because TF's segment
+ops reduce along the first axis and its FFTs transform the last one.
 """
 
 from __future__ import annotations
