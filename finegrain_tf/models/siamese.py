@@ -54,6 +54,16 @@ def _check_common(embedding_dim, activation, dropout) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
+def _dense_stack(x, units: Sequence[int], activation: str, dropout: float, prefix: str):
+    """Dense (He-normal) -> PReLU/ReLU -> Dropout for each width in `units` (§4.1.3-4.1.4)."""
+    for i, width in enumerate(units):
+        x = keras.layers.Dense(int(width), kernel_initializer="he_normal", name=f"{prefix}{i}")(x)
+        x = _activation(activation, f"{prefix}{i}_act")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"{prefix}{i}_dropout")(x)
+    return x
+
+
 def _embedding_layer(normalize: bool) -> keras.layers.Layer:
     return L2Normalize(name="embedding", dtype="float32") if normalize else \
         keras.layers.Activation("linear", name="embedding", dtype="float32")
@@ -91,18 +101,13 @@ def build_tower(backbone: str = "small_cnn", embedding_dim: int = 128, input_siz
     _check_common(embedding_dim, activation, dropout)
     features = pooled_backbone(backbone, input_size, weights, "features")
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = features(inputs)
-    for i, units in enumerate(hidden_units):
-        x = keras.layers.Dense(int(units), kernel_initializer="he_normal", name=f"hidden{i}")(x)
-        x = _activation(activation, f"hidden{i}_act")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, name=f"hidden{i}_dropout")(x)
+    x = _dense_stack(features(inputs), hidden_units, activation, dropout, "hidden")
     x = keras.layers.Dense(embedding_dim, kernel_initializer="he_normal", name="projection")(x)
     return keras.Model(inputs, _embedding_layer(normalize)(x), name=name)
 
 
 def build_blend_network(invariant_dim: int, variant_dim: int, units: Sequence[int], embedding_dim: int,
-                   dropout: float, residual: str, activation: str) -> keras.Model:
+                        dropout: float, residual: str, activation: str) -> keras.Model:
     """B: ([I(x)] [B, invariant_dim], [V(x)] [B, variant_dim]) -> [B, embedding_dim] (§4.1.4).
 
     Dense layers of `units` (He-normal, PReLU, dropout) then a linear output; the residual adds a
@@ -111,11 +116,7 @@ def build_blend_network(invariant_dim: int, variant_dim: int, units: Sequence[in
     invariant = keras.Input((invariant_dim,), name="invariant_features")
     variant = keras.Input((variant_dim,), name="variant_features")
     x = keras.layers.Concatenate(name="blend_concat")([invariant, variant])
-    for i, width in enumerate(units):
-        x = keras.layers.Dense(int(width), kernel_initializer="he_normal", name=f"blend{i}")(x)
-        x = _activation(activation, f"blend{i}_act")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, name=f"blend{i}_dropout")(x)
+    x = _dense_stack(x, units, activation, dropout, "blend")
     out = keras.layers.Dense(embedding_dim, kernel_initializer="he_normal", name="blend_out")(x)
     shortcuts = []
     if residual in ("invariant", "both"):
