@@ -49,8 +49,10 @@ def _timed_round_robin(steps, inputs, repeats: int, warmup: int) -> list:
         for _ in range(warmup):
             step(y, z)[1].numpy()
     times = [[] for _ in steps]
+    order = np.random.default_rng(0)
     for _ in range(repeats):
-        for k, (step, (y, z)) in enumerate(zip(steps, inputs)):
+        for k in order.permutation(len(steps)):  # a fresh order each round: no position bias
+            step, (y, z) = steps[k], inputs[k]
             start = time.perf_counter()
             step(y, z)[1].numpy()  # wait for the gradient
             times[k].append(time.perf_counter() - start)

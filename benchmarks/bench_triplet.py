@@ -63,12 +63,15 @@ def timed(fn, *args, repeats):
 
 
 def interleaved(steps: dict, *args, repeats: int) -> dict:
-    """Median ms per step; steps are called in turn (round robin) so load changes hit all alike."""
+    """Median ms per step; steps are called in turn (in a shuffled order each round) so load changes
+    hit all alike."""
     for step in steps.values():
         [x.numpy() for x in tf.nest.flatten(step(*args))]
     times = {name: [] for name in steps}
+    names, order = list(steps), np.random.default_rng(0)
     for _ in range(repeats):
-        for name, step in steps.items():
+        for k in order.permutation(len(names)):  # a fresh order each round: no position bias
+            name, step = names[k], steps[names[k]]
             t0 = time.perf_counter()
             [x.numpy() for x in tf.nest.flatten(step(*args))]
             times[name].append(time.perf_counter() - t0)
