@@ -51,7 +51,7 @@ def _build_index(module: ExportModule, gallery, index_options: dict | None, fing
 
 
 def _write(module: ExportModule, export_dir: str, info: dict, gallery_ids: Sequence[str], warmup: bool) -> str:
-    signatures = sorted(module.signatures())
+    signatures = module.signature_names()
     info = {**info, "signatures": signatures, "tensorflow_version": tf.__version__}
     with layout.staged_version(export_dir) as (out_dir, assets):
         files = {layout.CLASS_NAMES_FILE: "\n".join(module.class_names) + "\n",

@@ -231,6 +231,13 @@ class ExportModule(tf.Module):
         return {"ids": ids, "distances": distances}
 
     # -- SavedModel plumbing --------------------------------------------------------------------
+    def signature_names(self) -> list[str]:
+        """The signatures `signatures()` returns, without tracing them."""
+        names = ["classify", "classify_examples", "classify_tensor", "classify_tensor_uint8", "serving_default"]
+        names += ["embed"] if self.embedding_dim else []
+        names += ["lookup"] if self.index is not None else []
+        return sorted(names)
+
     def signatures(self) -> dict:
         """{signature name: concrete function}; also tracks the variables they capture (see module doc)."""
         images = tf.TensorSpec([None], tf.string, name="images")

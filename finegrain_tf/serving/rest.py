@@ -105,7 +105,8 @@ def _input_specs(servable, signature: str) -> dict:
     return {k: tf.dtypes.as_dtype(v.dtype) for k, v in sig.inputs.items()}
 
 
-def _sole_input(specs: dict, defaults: dict, signature: str) -> str | None:
+def _sole_input(specs: dict, defaults) -> str | None:
+    """The input a bare (unnamed) value is for: the only one without a default, if there is one."""
     required = [k for k in specs if k not in defaults]
     return required[0] if len(required) == 1 else None
 
@@ -117,7 +118,7 @@ def predict_inputs(body: dict, servable, signature: str) -> tuple[dict, str]:
                        "(columnar format)")
     specs = _input_specs(servable, signature)
     defaults = servable.signature(signature).defaults
-    sole = _sole_input(specs, defaults, signature)
+    sole = _sole_input(specs, defaults)
 
     def named(value, where):
         if isinstance(value, dict) and set(value) != {"b64"}:

@@ -2,7 +2,6 @@
 :predict with {"b64": ...} images, :classify, version / label paths, status and metadata."""
 
 import base64
-import os
 import shutil
 
 import numpy as np
