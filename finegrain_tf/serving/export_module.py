@@ -233,7 +233,8 @@ class ExportModule(tf.Module):
     # -- SavedModel plumbing --------------------------------------------------------------------
     def signature_names(self) -> list[str]:
         """The signatures `signatures()` returns, without tracing them."""
-        names = ["classify", "classify_examples", "classify_tensor", "classify_tensor_uint8", "serving_default"]
+        names = ["serving_default"]
+        names += ["classify", "classify_examples", "classify_tensor", "classify_tensor_uint8"] if self.num_classes else []
         names += ["embed"] if self.embedding_dim else []
         names += ["lookup"] if self.index is not None else []
         return sorted(names)
