@@ -79,3 +79,16 @@ def test_write_mismatched_lengths(tmp_path):
 def test_malformed_synthetic_id():
     with pytest.raises(ValueError, match="'synthetic:val' is not of the form"):
         parse_synthetic_id("synthetic:val")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sampler.positive_fraction=0", r"sampler.positive_fraction must be in \(0, 1\], got 0.0"),
+    ("sampler.negatives=semi_hard", r"sampler.negatives must be one of \['violating', 'hardest', 'random'\]"),
+    ("sampler.refresh_every=0", "sampler.refresh_every must be > 0, got 0"),
+    ("sampler.batchnorm_images=-1", "sampler.batchnorm_images must be >= 0, got -1"),
+])
+def test_sampler_config_validation(override, message):
+    from finegrain_tf.train.config import build_config
+
+    with pytest.raises(ValueError, match=message):
+        build_config([], [override])
