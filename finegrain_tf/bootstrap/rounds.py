@@ -11,7 +11,7 @@ Round i = 1..k over the pool subsets C_1..C_k:
 
 Everything a round produces lives in `<work_dir>/round_NN/`:
 
-    state.json           stage ("trained" -> "scored" -> "queued" -> "done") and counts
+    state.json           stage ("trained" -> "queued" (scored, proposals in the store) -> "done"), counts
     model/               the round's finegrain-train run (RunDir)
     coarse_scores/ scores/   resumable, shardable scoring passes (`scoring.py`)
     dataset.csv          S_i (path,label manifest; no image copies)
@@ -39,7 +39,6 @@ from finegrain_tf.bootstrap.pool import CandidatePool, load_pool
 from finegrain_tf.data.manifest import read_rows
 from finegrain_tf.sampling.hard_negatives import write_hard_negatives
 
-STAGES = ("trained", "scored", "queued", "done")
 STATE = "state.json"
 PLAN = "plan.json"
 # Settings that define which images go where; a resumed run must not change them.

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from finegrain_tf.sampling import load_hard_negatives, write_hard_negatives
 from finegrain_tf.sampling.hard_negatives import (parse_synthetic_id, sibling_hard_negatives,

@@ -36,8 +36,6 @@ from finegrain_tf.train import initialization
 from finegrain_tf.train.task import register_task
 from finegrain_tf.train.tasks.classification import ClassificationTask
 
-_IN_MEMORY_SOURCES = ("synthetic",)
-
 
 class _Pool:
     """The images the sampler indexes: training items 0..n-1, then human hard negatives n..n+H-1.
