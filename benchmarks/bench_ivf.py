@@ -127,7 +127,8 @@ def main(argv):
     gallery = clustered_embeddings(n, dim, n_clusters, seed=0, intrinsic_dim=FLAGS.intrinsic_dim)
     queries = clustered_embeddings(FLAGS.queries, dim, n_clusters, seed=1, intrinsic_dim=FLAGS.intrinsic_dim)
     ids = np.array([f"item-{i}" for i in range(n)], dtype=object)
-    print(f"# IVF benchmark: gallery {n} x {dim} float32 (clustered: {n_clusters} clusters of intrinsic dimension {FLAGS.intrinsic_dim}), "
+    print(f"# IVF benchmark: gallery {n} x {dim} float32 (clustered: {n_clusters} clusters of intrinsic "
+          f"dimension {FLAGS.intrinsic_dim}), "
           f"{len(queries)} queries, k={k}, nlist={nlist}, nprobe={nprobe}, {FLAGS.threads} threads; "
           f"data in {time.perf_counter() - t0:.1f} s")
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="bench_ivf_")
