@@ -39,6 +39,7 @@ flags.DEFINE_string("pretrain_config", "configs/metric_pretrain.yaml", "coarse p
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (data rendering, pool split, training)")
 flags.DEFINE_integer("rounds", 3, "bootstrapping rounds k")
 flags.DEFINE_float("threshold", 0.5, "D_i: top confidence > threshold")
+flags.DEFINE_bool("replot", False, "only redraw bootstrap.png from bootstrap.json")
 flags.DEFINE_float("error_rate", 0.05, "simulated labeler's probability of a wrong verdict")
 
 
@@ -141,6 +142,10 @@ def run_seed(seed: int) -> dict:
 def main(argv):
     del argv
     os.makedirs(FLAGS.output_dir, exist_ok=True)
+    if FLAGS.replot:
+        with open(os.path.join(FLAGS.output_dir, "bootstrap.json")) as f:
+            plot(json.load(f)["per_seed"], os.path.join(FLAGS.output_dir, "bootstrap.png"))
+        return
     results = []
     for s in FLAGS.seeds:
         r = run_seed(int(s))
@@ -176,10 +181,16 @@ def main(argv):
     with open(os.path.join(FLAGS.output_dir, "bootstrap.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary["summary"], indent=1))
+    plot(results, os.path.join(FLAGS.output_dir, "bootstrap.png"))
+
+
+def plot(results: list, path: str) -> None:
+    """Three panels: |S_i| and |H_i|, precision of the added images, test top-1 per round."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
@@ -194,11 +205,12 @@ def main(argv):
     axes[1].set(xlabel="round i", ylabel="precision of added images", title="label precision of S_i \\ S_0",
                 ylim=(0, 1.05))
     axes[2].set(xlabel="round i", ylabel="test top-1 (%)",
-                title="model on S_i ∪ H_i (dotted: random, same budget)")
+                title="trained on S_i ∪ H_i\n(dotted: S_0 + random picks, same budget)")
     for ax in axes:
         ax.legend(fontsize=6)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(os.path.join(FLAGS.output_dir, "bootstrap.png"), dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
