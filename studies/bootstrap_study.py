@@ -205,7 +205,7 @@ def plot(results: list, path: str) -> None:
     axes[1].set(xlabel="round i", ylabel="precision of added images", title="label precision of S_i \\ S_0",
                 ylim=(0, 1.05))
     axes[2].set(xlabel="round i", ylabel="test top-1 (%)",
-                title="trained on S_i ∪ H_i\n(dotted: S_0 + random picks, same budget)")
+                title="trained on S_i ∪ H_i\n(dotted: S_0 + random, same budget)")
     for ax in axes:
         ax.legend(fontsize=6)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
