@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
+# Tests talk to servers on loopback only: never route those requests through a proxy.
+export NO_PROXY := localhost,127.0.0.1,::1
+export no_proxy := $(NO_PROXY)
 
 .PHONY: demo test install system-deps bench clean
 
@@ -35,7 +38,7 @@ system-deps:
 	fi
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist loadfile --timeout 900 --durations 25 tests
 
 clean:
 	rm -rf runs build dist *.egg-info
