@@ -55,3 +55,23 @@ def test_triplet_term_is_one_combined_objective_usable_in_fit(tmp_path):
     two.compile("sgd", loss=objective.losses, loss_weights=objective.loss_weights)
     history = two.fit(images, {"logits": labels, "embedding": labels}, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_hard_negatives_get_the_configured_augmentation(tmp_path, monkeypatch):
+    """data.augment applies to the mixed-in hard negatives as to the train images (no flips here)."""
+    from finegrain_tf.data import preprocessing
+
+    calls = []
+    original = preprocessing.preprocess_train
+
+    def recording(image, *args, **kwargs):
+        calls.append(kwargs)
+        return original(image, *args, **kwargs)
+
+    monkeypatch.setattr(preprocessing, "preprocess_train", recording)
+    cfg = config.build_config([], TINY + ["loss.name=hns", "data.hard_negatives=simulated",
+                                          "data.augment.horizontal_flip=false",
+                                          f"train.model_dir={tmp_path}"])
+    get_task(cfg).build_inputs(training=True)  # traces both map functions
+    assert len(calls) >= 2  # the train images' map and the hard negatives' map
+    assert all(call.get("horizontal_flip") is False for call in calls), calls

@@ -77,14 +77,14 @@ class ClassificationTask(Task):
         """Train examples and hard negatives, drawn in proportion to their counts (§2.4.3)."""
         images, labels = self._hard_negative_examples(info)
         size, resize = self.cfg.data.image_size, self.cfg.data.resize_size
+        augment = dataclasses.asdict(self.cfg.data.augment)  # the same augmentation as the train images
         seed = self.cfg.data.seed * 1009 + 7
         hn = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
         if input_context is not None and input_context.num_input_pipelines > 1:
             hn = hn.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         hn = hn.shuffle(len(labels), seed=seed).repeat().enumerate().map(
-            lambda i, e: (preprocessing.preprocess_train(e[0], size, resize,
-                                                         seed=tf.stack([tf.constant(seed, tf.int64), i])),
-                          e[1]))
+            lambda i, e: (preprocessing.preprocess_train(
+                e[0], size, resize, seed=tf.stack([tf.constant(seed, tf.int64), i]), **augment), e[1]))
         batch = int(train_ds.element_spec[1].shape[0])
         share = len(labels) / (len(labels) + info.num_train)
         mixed = tf.data.Dataset.sample_from_datasets([train_ds.unbatch(), hn], [1 - share, share],
