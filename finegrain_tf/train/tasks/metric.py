@@ -95,6 +95,8 @@ def _all_layers(model):
 class MetricTask(ClassificationTask):
     """Triplet metric learning with anchor soft voting (Triplet-Naive / HN / M / A / A+HN)."""
 
+    input_sections = ("data", "sampler")
+
     def __init__(self, cfg):
         super().__init__(cfg)
         if cfg.model.head != "anchor_vote":
