@@ -82,10 +82,12 @@ def _build_optimizer(cfg: ExperimentConfig, model: keras.Model):
     return optimizer
 
 
-def _input_fingerprint(cfg: ExperimentConfig, replicas: int) -> str:
-    """Identifies the input pipeline, so only a run with the same pipeline restores its position."""
-    key = yaml.safe_dump({"data": dataclasses.asdict(cfg.data), "task": cfg.task.name,
-                          "loss": cfg.loss.name, "replicas": replicas}, sort_keys=True)
+def input_fingerprint(cfg: ExperimentConfig, task: Task, replicas: int) -> str:
+    """Identifies the input pipeline (the task's `input_sections` of `cfg`), so only a run with the
+    same pipeline restores its position."""
+    sections = {name: dataclasses.asdict(getattr(cfg, name)) for name in task.input_sections}
+    key = yaml.safe_dump({**sections, "task": cfg.task.name, "loss": cfg.loss.name,
+                          "replicas": replicas}, sort_keys=True)
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -393,7 +395,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=trainer.optimizer, step=trainer.step, best_value=best.value,
         stale=best.stale,
-        **{f"input_{_input_fingerprint(cfg, strategy.num_replicas_in_sync)}": trainer.iterator})
+        **{f"input_{input_fingerprint(cfg, task, strategy.num_replicas_in_sync)}": trainer.iterator})
     resumed_from = _resume_or_initialize(trainer, checkpoint, write_dir.checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, write_dir.checkpoint_dir,
                                          max_to_keep=cfg.train.keep_checkpoints)

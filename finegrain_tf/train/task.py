@@ -63,6 +63,9 @@ class Task:
     """One kind of training. Subclasses implement the methods that raise NotImplementedError."""
 
     name = ""
+    # Config sections that shape the training input stream: a resumed run restores the saved input
+    # position only when these (and the replica count) are unchanged.
+    input_sections: tuple = ("data",)
 
     def __init__(self, cfg: "ExperimentConfig"):
         self.cfg = cfg

@@ -131,3 +131,22 @@ def test_damaged_checkpoint_falls_back_to_newest_intact(four_checkpoints, tmp_pa
     assert any(named in w and "damaged" in w for w in warnings), warnings
     # The run goes on checkpointing normally afterwards.
     assert os.path.exists(os.path.join(ckpt_dir, "ckpt-6.index"))
+
+
+@pytest.mark.parametrize("task_name, override", [
+    ("pairs", "pairs.negatives=ring"), ("pairs", "pairs.positive_radius_m=50.0"),
+    ("metric", "sampler.refresh_every=7"), ("metric", "sampler.negatives=hardest"),
+    ("classification", "data.batch_size=4"),
+])
+def test_input_fingerprint_covers_the_task_input_sections(task_name, override):
+    """A changed input-shaping setting of the task invalidates the saved input position."""
+    from finegrain_tf.train.task import get_task
+
+    def fingerprint(*overrides):
+        base = {"metric": ["model.head=anchor_vote", "loss.triplet_weight=0.5"]}.get(task_name, [])
+        cfg = config.build_config([], [f"task.name={task_name}", *base, *overrides])
+        return loop.input_fingerprint(cfg, get_task(cfg), replicas=1)
+
+    assert fingerprint() == fingerprint()
+    assert fingerprint(override) != fingerprint()
+    assert fingerprint("optimizer.learning_rate=0.5") == fingerprint()  # not an input setting

@@ -123,6 +123,8 @@ def triplets_to_pairs(triplets: rated_triplets.RatedTriplets) -> PairSplit:
 class PairsTask(Task):
     """Siamese training on weak geo pairs (or labeled pairs for the blending network)."""
 
+    input_sections = ("data", "pairs")
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self._photos = None  # the geo-tagged photos
