@@ -168,16 +168,29 @@ def _write_npz(path: str, arrays: dict[str, Any]) -> str:
     return path
 
 
+def _save_rows(path: str, matrix: tuple[str, Any], vector: tuple[str, Any], rows: str,
+               class_names: Optional[Sequence[str]], names_per_row: bool) -> str:
+    """Checks and writes a (key, [R, F] array) and a (key, [R] array) pair plus optional class names.
+
+    `rows` names R in the error message ("N" samples, "C" classes); with `names_per_row` there must be
+    exactly one class name per row (a class-means file), otherwise any list of names is kept as given.
+    """
+    (matrix_key, m), (vector_key, v) = matrix, vector
+    m, v = np.asarray(m), np.asarray(v)
+    if m.ndim != 2 or v.shape != (m.shape[0],):
+        raise ValueError(f"{matrix_key} [{rows}, F] and {vector_key} [{rows}] expected, got {m.shape} and {v.shape}")
+    arrays = {matrix_key: m, vector_key: v}
+    if class_names is not None:
+        names = list(class_names)
+        if names_per_row and len(names) != m.shape[0]:
+            raise ValueError(f"{len(names)} class names for {m.shape[0]} classes")
+        arrays["class_names"] = np.asarray(names, dtype=str)
+    return _write_npz(path, arrays)
+
+
 def save_features(path: str, features, labels, class_names: Optional[Sequence[str]] = None) -> str:
     """Saves per-sample features and labels (and optional class names) as .npz."""
-    f = np.asarray(features)
-    y = np.asarray(labels)
-    if f.ndim != 2 or y.shape != (f.shape[0],):
-        raise ValueError(f"features [N, F] and labels [N] expected, got {f.shape} and {y.shape}")
-    arrays = {"features": f, "labels": y}
-    if class_names is not None:
-        arrays["class_names"] = np.asarray(list(class_names), dtype=str)
-    return _write_npz(path, arrays)
+    return _save_rows(path, ("features", features), ("labels", labels), "N", class_names, names_per_row=False)
 
 
 def load_features(path: str) -> dict[str, np.ndarray]:
@@ -190,17 +203,7 @@ def load_features(path: str) -> dict[str, np.ndarray]:
 
 def save_class_means(path: str, means, counts, class_names: Optional[Sequence[str]] = None) -> str:
     """Saves a domain (class means [C, F], counts [C], optional class names) as .npz."""
-    m = np.asarray(means)
-    c = np.asarray(counts)
-    if m.ndim != 2 or c.shape != (m.shape[0],):
-        raise ValueError(f"means [C, F] and counts [C] expected, got {m.shape} and {c.shape}")
-    arrays = {"means": m, "counts": c}
-    if class_names is not None:
-        names = list(class_names)
-        if len(names) != m.shape[0]:
-            raise ValueError(f"{len(names)} class names for {m.shape[0]} classes")
-        arrays["class_names"] = np.asarray(names, dtype=str)
-    return _write_npz(path, arrays)
+    return _save_rows(path, ("means", means), ("counts", counts), "C", class_names, names_per_row=True)
 
 
 def load_class_means(path: str) -> tuple[np.ndarray, np.ndarray, Optional[list[str]]]:
