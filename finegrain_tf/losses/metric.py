@@ -49,6 +49,16 @@ def _check(name: str, value, choices) -> None:
         raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
 
 
+def check_margin_loss_args(margin, **options: tuple[str, tuple[str, ...]]) -> float:
+    """Constructor checks shared by the margin losses (here and in pairwise.py): each keyword is
+    `name=(value, choices)`; the margin must be >= 0 (NaN refused). Returns the margin as a float."""
+    for name, (value, choices) in options.items():
+        _check(name, value, choices)
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    return float(margin)
+
+
 def safe_sqrt(x: tf.Tensor) -> tf.Tensor:
     """sqrt(x) for x >= 0 with value 0 and gradient 0 at x == 0 (no inf/NaN in the backward pass)."""
     positive = x > 0.0
@@ -304,12 +314,9 @@ class TripletLoss(keras.losses.Loss):
     def __init__(self, margin: float = 0.2, mining: str = "violating", distance: str = "squared_l2",
                  gather_across_replicas: bool = False, name: str = "triplet_loss",
                  reduction: str = "sum_over_batch_size", dtype=None):
-        _check("mining", mining, MININGS)
-        _check("distance", distance, DISTANCES)
-        if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin!r}")
+        margin = check_margin_loss_args(margin, mining=(mining, MININGS), distance=(distance, DISTANCES))
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = float(margin)
+        self.margin = margin
         self.mining = mining
         self.distance = distance
         self.gather_across_replicas = bool(gather_across_replicas)
@@ -348,11 +355,9 @@ class TripletMarginLoss(keras.losses.Loss):
 
     def __init__(self, margin: float = 0.2, distance: str = "squared_l2", name: str = "triplet_margin_loss",
                  reduction: str = "sum_over_batch_size", dtype=None):
-        _check("distance", distance, DISTANCES)
-        if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin!r}")
+        margin = check_margin_loss_args(margin, distance=(distance, DISTANCES))
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = float(margin)
+        self.margin = margin
         self.distance = distance
 
     def call(self, y_true, y_pred):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from finegrain_tf.losses.metric import safe_sqrt
+from finegrain_tf.losses.metric import check_margin_loss_args, safe_sqrt
 from finegrain_tf.ops.xla import in_xla_context
 
 FORMULATIONS = ("hadsell", "thesis")
@@ -60,12 +60,9 @@ class ContrastiveLoss(keras.losses.Loss):
 
     def __init__(self, margin: float = 1.0, formulation: str = "hadsell", name: str = "contrastive_loss",
                  reduction: str = "sum_over_batch_size", dtype=None):
-        if formulation not in FORMULATIONS:
-            raise ValueError(f"formulation={formulation!r} is not one of {list(FORMULATIONS)}")
-        if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin!r}")
+        margin = check_margin_loss_args(margin, formulation=(formulation, FORMULATIONS))
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = float(margin)
+        self.margin = margin
         self.formulation = formulation
 
     def call(self, y_true, y_pred):
