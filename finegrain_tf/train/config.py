@@ -293,7 +293,8 @@ class TrainConfig(Section):
     log_every: int = 20
     eval_every: int = 0  # > 0: evaluate on data.val_split every N steps (and keep the best checkpoint)
     eval_batches: int = 0  # 0 = the whole eval split
-    best_metric: str = "top1"  # metric of the periodic evaluation that picks the best checkpoint
+    best_metric: str = ""  # metric of the periodic evaluation that picks the best checkpoint ("" = the
+    # task's default: top1 for classification, loss (minimised) for pairs; `Task.best_metrics`)
     early_stopping: int = 0  # > 0: stop after this many evaluations without improvement
     many_threshold: int = 100  # head / many-shot classes have >= this many train images (seed: 100)
     few_threshold: int = 20  # few-shot classes have fewer train images than this
@@ -309,7 +310,6 @@ class TrainConfig(Section):
         from finegrain_tf.train.strategy import STRATEGIES
         self._choice("strategy", STRATEGIES)
         self._choice("on_nonfinite", ("stop", "skip_step"))
-        self._choice("best_metric", ("top1", "top5", "balanced_accuracy"))
         self._positive("steps", "checkpoint_every", "keep_checkpoints", "log_every")
         self._non_negative("eval_every", "eval_batches", "early_stopping", "many_threshold",
                            "few_threshold")
@@ -485,6 +485,8 @@ class ExperimentConfig:
     pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
 
     def __post_init__(self):
+        from finegrain_tf.train.task import best_metric
+        best_metric(self)  # train.best_metric must be a metric the task reports
         if self.loss.name in ("hns", "hnm") and not self.data.hard_negatives:
             raise ValueError(f"loss.name={self.loss.name!r} trains on human hard negatives: set "
                              f"data.hard_negatives (a file, or 'simulated' for synthetic data)")

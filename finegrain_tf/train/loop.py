@@ -38,7 +38,7 @@ from finegrain_tf.train.config import ExperimentConfig
 from finegrain_tf.train.optim import build_optimizer, configure_weight_decay
 from finegrain_tf.train.run_dir import RunDir
 from finegrain_tf.train.strategy import is_chief, make_strategy
-from finegrain_tf.train.task import Task, get_task
+from finegrain_tf.train.task import Task, best_metric, get_task
 from finegrain_tf.utils.progress import ProgressBar
 
 
@@ -157,11 +157,14 @@ def restore_newest_intact(checkpoint: tf.train.Checkpoint, ckpt_dir: str) -> str
 
 
 class _Best:
-    """Tracks the best periodic evaluation (`train.best_metric`, higher is better) in variables that
-    live in the checkpoint, so early stopping survives a resume."""
+    """Tracks the best periodic evaluation (`train.best_metric`, in the task's direction) in
+    variables that live in the checkpoint, so early stopping survives a resume."""
 
     def __init__(self, cfg, checkpoint_dir, model):
-        self.metric, self.patience = cfg.train.best_metric, cfg.train.early_stopping
+        self.metric, higher_is_better = best_metric(cfg)
+        self.patience = cfg.train.early_stopping
+        self.sign = 1.0 if higher_is_better else -1.0
+        # sign * metric: the best evaluation has the largest score whatever the direction
         self.value = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_value")
         self.stale = tf.Variable(0, dtype=tf.int64, trainable=False, name="evals_without_gain")
         self.checkpoint = tf.train.Checkpoint(model=model)
@@ -170,8 +173,8 @@ class _Best:
     def update(self, report: dict, step: int) -> bool:
         """Records an evaluation; returns True when training should stop early."""
         value = float(report[self.metric])
-        if value > float(self.value.numpy()):
-            self.value.assign(value)
+        if self.sign * value > float(self.value.numpy()):
+            self.value.assign(self.sign * value)
             self.stale.assign(0)
             self.manager.save(checkpoint_number=step)
             logging.info("step %d: new best %s = %.4f (saved to %s)", step, self.metric, value,
@@ -184,7 +187,7 @@ class _Best:
         if self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
             logging.info("restored the best model (%s = %.4f) from %s", self.metric,
-                         float(self.value.numpy()), self.manager.latest_checkpoint)
+                         self.sign * float(self.value.numpy()), self.manager.latest_checkpoint)
 
 
 def _worker_layout(strategy) -> tuple[int, int, int]:
@@ -421,7 +424,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
                 manager.save(checkpoint_number=current)
             if stop_early:
                 logging.info("early stopping at step %d: no %s gain in %d evaluations", current,
-                             cfg.train.best_metric, cfg.train.early_stopping)
+                             best.metric, cfg.train.early_stopping)
                 break
     if val_ds is not None:
         best.restore()

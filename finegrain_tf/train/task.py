@@ -51,6 +51,18 @@ def task_names() -> list:
     return sorted(TASKS)
 
 
+def best_metric(cfg: "ExperimentConfig") -> tuple[str, bool]:
+    """(the metric that picks the best checkpoint, whether higher is better): `train.best_metric`,
+    or the task's default when it is empty. A metric the task does not report is a ValueError."""
+    task_names()
+    choices = TASKS[cfg.task.name].best_metrics
+    name = cfg.train.best_metric or next(iter(choices))
+    if name not in choices:
+        raise ValueError(f"train.best_metric={name!r} is not reported by task.name={cfg.task.name!r}; "
+                         f"choose one of {list(choices)}")
+    return name, choices[name]
+
+
 def get_task(cfg: "ExperimentConfig") -> "Task":
     """The task of `cfg.task.name`, constructed from `cfg`."""
     names = task_names()
@@ -66,6 +78,9 @@ class Task:
     # Config sections that shape the training input stream: a resumed run restores the saved input
     # position only when these (and the replica count) are unchanged.
     input_sections: tuple = ("data",)
+    # Scalars of `evaluate` that can pick the best checkpoint (train.best_metric), each with whether
+    # higher is better ("loss"-like metrics are minimised); the first is the default.
+    best_metrics: dict = {}
 
     def __init__(self, cfg: "ExperimentConfig"):
         self.cfg = cfg

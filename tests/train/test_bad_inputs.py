@@ -31,13 +31,20 @@ from train_utils import ENV, train_cmd  # noqa: E402 (same test folder)
     ("data.imbalance_factor=0.5", r"data\.imbalance_factor must be >= 1, got 0\.5"),
     ("model.dropout=1.0", r"model\.dropout must be in \[0, 1\), got 1\.0"),
     ("loss.label_smoothing=0.1", None),  # valid with the default softmax loss
+    ("train.best_metric=loss", r"train\.best_metric='loss' is not reported by "
+                               r"task\.name='classification'; choose one of \['top1'"),
+    ("task.name=pairs;train.best_metric=top1", r"train\.best_metric='top1' is not reported by "
+                                               r"task\.name='pairs'; choose one of \['loss', "
+                                               r"'pair_accuracy'\]"),
+    ("task.name=pairs;train.best_metric=pair_accuracy", None),
 ])
 def test_config_values_refused_at_parse(override, message):
+    overrides = override.split(";")  # "a=1;b=2": several overrides
     if message is None:
-        config.build_config([], [override])
+        config.build_config([], overrides)
         return
     with pytest.raises(ValueError, match=message):
-        config.build_config([], [override])
+        config.build_config([], overrides)
 
 
 def test_jit_compile_needs_a_single_device_strategy():

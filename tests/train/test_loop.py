@@ -151,6 +151,40 @@ def test_best_checkpoint_and_early_stopping(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith("ckpt-2")
 
 
+def test_best_checkpoint_of_a_lower_is_better_metric(tmp_path):
+    """The pairs task's default best metric is its eval loss, minimised."""
+    import keras
+
+    from finegrain_tf.train import config, loop
+
+    cfg = config.build_config([], ["task.name=pairs", "train.eval_every=1", "train.early_stopping=2"])
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = loop._Best(cfg, str(tmp_path / "best"), model)
+    assert best.metric == "loss"
+    stops = []
+    for step, value in enumerate([0.5, 0.3, 0.4, 0.3], start=1):
+        model.layers[0].bias.assign([float(step)])
+        stops.append(best.update({"loss": value, "pair_accuracy": 0.0}, step))
+    assert stops == [False, False, False, True]  # 0.3 at step 2, then no lower loss twice
+    model.layers[0].bias.assign([0.0])
+    best.restore()
+    assert float(model.layers[0].bias.numpy()[0]) == 2.0
+
+
+def test_pairs_task_with_periodic_evaluation(tmp_path):
+    """train.eval_every with the pairs task keeps the best checkpoint by its eval loss."""
+    model_dir = str(tmp_path / "run")
+    out = subprocess.run(
+        _train_cmd(model_dir, "task.name=pairs", "model.backbone=small_cnn", "pairs.num_places=30",
+                   "pairs.photos_per_place=4", "pairs.embedding_dim=8", "train.steps=2",
+                   "train.eval_every=1", "train.eval_batches=1", "train.plots=false"),
+        env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "new best loss" in out.stderr
+    assert os.listdir(os.path.join(model_dir, "checkpoints", "best"))
+    assert "loss" in _report(model_dir)
+
+
 def test_periodic_evaluation_history_and_plots(tmp_path):
     model_dir = str(tmp_path / "run")
     out = subprocess.run(_train_cmd(model_dir, "train.steps=4", "train.eval_every=2",

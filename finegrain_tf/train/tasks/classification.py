@@ -34,6 +34,8 @@ from finegrain_tf.train.task import Task, register_task
 class ClassificationTask(Task):
     """Image classification (the default task of `finegrain-train`)."""
 
+    best_metrics = {"top1": True, "top5": True, "balanced_accuracy": True}
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self._loss = None

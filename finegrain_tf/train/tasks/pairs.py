@@ -124,6 +124,7 @@ class PairsTask(Task):
     """Siamese training on weak geo pairs (or labeled pairs for the blending network)."""
 
     input_sections = ("data", "pairs")
+    best_metrics = {"loss": False, "pair_accuracy": True}
 
     def __init__(self, cfg):
         super().__init__(cfg)
