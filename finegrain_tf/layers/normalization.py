@@ -6,9 +6,24 @@ import keras
 import tensorflow as tf
 
 
+class _ShapePreservingLayer(keras.layers.Layer):
+    """Base of the layers below: the output has the input's shape, and `get_config` adds the
+    constructor arguments named in `_config_args` (each stored under the same attribute name)."""
+
+    _config_args: tuple[str, ...] = ()
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), **{name: getattr(self, name) for name in self._config_args}}
+
+
 @keras.saving.register_keras_serializable(package="finegrain_tf")
-class L2Normalize(keras.layers.Layer):
+class L2Normalize(_ShapePreservingLayer):
     """x / max(||x||_2, sqrt(epsilon)) along `axis`, computed in float32, returned in compute dtype."""
+
+    _config_args = ("axis", "epsilon")
 
     def __init__(self, axis: int = -1, epsilon: float = 1e-12, **kwargs):
         super().__init__(**kwargs)
@@ -23,16 +38,12 @@ class L2Normalize(keras.layers.Layer):
         x = tf.cast(inputs, tf.float32)
         return tf.cast(tf.math.l2_normalize(x, axis=self.axis, epsilon=self.epsilon), self.compute_dtype)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
-
 
 @keras.saving.register_keras_serializable(package="finegrain_tf")
-class Rescale(keras.layers.Layer):
+class Rescale(_ShapePreservingLayer):
     """x * scale + offset, a serializable stand-in for the per-family preprocess_input functions."""
+
+    _config_args = ("scale", "offset")
 
     def __init__(self, scale, offset, **kwargs):
         super().__init__(**kwargs)
@@ -44,15 +55,9 @@ class Rescale(keras.layers.Layer):
         offset = keras.ops.convert_to_tensor(self.offset, dtype=self.compute_dtype)
         return keras.ops.cast(inputs, self.compute_dtype) * scale + offset
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
-
 
 @keras.saving.register_keras_serializable(package="finegrain_tf")
-class CaffeNormalize(keras.layers.Layer):
+class CaffeNormalize(_ShapePreservingLayer):
     """RGB->BGR and ImageNet mean subtraction (keras.applications 'caffe' mode)."""
 
     def call(self, inputs):
@@ -60,6 +65,3 @@ class CaffeNormalize(keras.layers.Layer):
         x = keras.ops.flip(x, axis=-1)
         mean = keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
         return x - mean
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
