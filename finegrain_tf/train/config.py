@@ -433,18 +433,13 @@ class PairsConfig(Section):
         from finegrain_tf.models.backbones import BACKBONES
         from finegrain_tf.models.siamese import ACTIVATIONS, MODES, RESIDUALS
         from finegrain_tf.sampling.geo import NEGATIVE_KINDS, USER_RULES
-        self._choice("source", ("synthetic", "manifest"))
-        self._choice("entropy_channels", CHANNELS)
-        self._choice("duplicates", DUPLICATE_MODES)
-        self._choice("negatives", NEGATIVE_KINDS)
-        self._choice("positive_user", USER_RULES)
-        self._choice("negative_user", USER_RULES)
-        self._choice("architecture", ("siamese", "double"))
-        self._choice("mode", MODES)
-        self._choice("invariant_backbone", BACKBONES)
-        self._choice("residual", RESIDUALS)
-        self._choice("activation", ACTIVATIONS)
-        self._choice("formulation", FORMULATIONS)
+        choices = {"source": ("synthetic", "manifest"), "entropy_channels": CHANNELS,
+                   "duplicates": DUPLICATE_MODES, "negatives": NEGATIVE_KINDS, "positive_user": USER_RULES,
+                   "negative_user": USER_RULES, "architecture": ("siamese", "double"), "mode": MODES,
+                   "invariant_backbone": BACKBONES, "residual": RESIDUALS, "activation": ACTIVATIONS,
+                   "formulation": FORMULATIONS}
+        for name, allowed in choices.items():  # checked in this order: the first bad field is reported
+            self._choice(name, allowed)
         self._positive("num_places", "photos_per_place", "embedding_dim", "variant_dim",
                        "labeled_triplets", "kfold_epochs")
         self._non_negative("synthetic_seed", "entropy_threshold", "positive_radius_m",
