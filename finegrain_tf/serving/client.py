@@ -16,6 +16,7 @@ concatenated in order.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import random
 import time
@@ -54,6 +55,24 @@ def _as_batch(images):
     return np.array(images, dtype=object)
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Retries on UNAVAILABLE: up to `max_retries`, the n-th (from 0) after
+    min(max_backoff, initial_backoff * 2**n) seconds with +-50 % jitter."""
+
+    max_retries: int = 3
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+
+    def __post_init__(self):
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    def backoff(self, attempt: int) -> float:
+        delay = min(self.max_backoff, self.initial_backoff * (2 ** attempt))
+        return delay * random.uniform(0.5, 1.5)
+
+
 class Client:
     """A TF Serving gRPC client for one model.
 
@@ -63,24 +82,20 @@ class Client:
         version: pin a model version (None = the server's latest).
         timeout: deadline in seconds of each RPC attempt.
         max_retries: retries on UNAVAILABLE; backoff starts at `initial_backoff` s, doubles, is capped at
-            `max_backoff` s, with +-50 % jitter.
+            `max_backoff` s, with +-50 % jitter (held as `.retry`, a `RetryPolicy`).
         max_batch_size: split larger inputs into chunks of this many examples (0 = never split).
     """
 
     def __init__(self, target: str, model_name: str, *, version: int | None = None, timeout: float = 30.0,
                  max_retries: int = 3, initial_backoff: float = 0.1, max_backoff: float = 2.0,
                  max_batch_size: int = 32, channel=None, max_message_bytes: int = MAX_MESSAGE_BYTES):
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.retry = RetryPolicy(max_retries, initial_backoff, max_backoff)
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         self.target = target
         self.model_name = model_name
         self.version = version
         self.timeout = timeout
-        self.max_retries = max_retries
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
         self.max_batch_size = max_batch_size
         self._own_channel = channel is None
         self.channel = channel or grpc.insecure_channel(
@@ -99,10 +114,6 @@ class Client:
         if signature_name is not None:
             spec.signature_name = signature_name
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.max_backoff, self.initial_backoff * (2 ** attempt))
-        return delay * random.uniform(0.5, 1.5)
-
     def _call(self, method, request, future=None):
         """One RPC with a deadline, retried on UNAVAILABLE; `future` is an attempt already in flight."""
         attempt = 0
@@ -113,9 +124,9 @@ class Client:
                     return pending.result()
                 return method(request, timeout=self.timeout)
             except grpc.RpcError as e:
-                if e.code() not in RETRYABLE or attempt >= self.max_retries:
+                if e.code() not in RETRYABLE or attempt >= self.retry.max_retries:
                     raise
-                time.sleep(self._backoff(attempt))
+                time.sleep(self.retry.backoff(attempt))
                 attempt += 1
                 self.retries += 1
 

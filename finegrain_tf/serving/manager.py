@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -46,11 +47,11 @@ class _Failure:
         self.message = ""
 
 
-class ModelManager:
-    """Loads, serves and unloads the versions of one model (`<base_path>/<integer version>/`).
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How a manager loads its versions.
 
-    Args:
-      config: the model's name, base path, version policy and labels.
+    Attributes:
       max_batch_size: larger requests are INVALID_ARGUMENT (0 = unlimited).
       enable_warmup: replay `assets.extra/tf_serving_warmup_requests` before serving a version.
       num_threads: session intra/inter-op threads (0 = TF default).
@@ -58,14 +59,27 @@ class ModelManager:
       load_retry_interval: seconds before the first retry; doubles after each failure.
     """
 
+    max_batch_size: int = 0
+    enable_warmup: bool = True
+    num_threads: int = 0
+    max_num_load_retries: int = 5
+    load_retry_interval: float = 60.0
+
+
+class ModelManager:
+    """Loads, serves and unloads the versions of one model (`<base_path>/<integer version>/`).
+
+    Args:
+      config: the model's name, base path, version policy and labels.
+      max_batch_size, enable_warmup, num_threads, max_num_load_retries, load_retry_interval: the
+        `LoadOptions` (held as `.options`).
+    """
+
     def __init__(self, config: ModelConfig, max_batch_size: int = 0, enable_warmup: bool = True,
                  num_threads: int = 0, max_num_load_retries: int = 5, load_retry_interval: float = 60.0):
         self.config = config
-        self.max_batch_size = max_batch_size
-        self.enable_warmup = enable_warmup
-        self.num_threads = num_threads
-        self.max_num_load_retries = max_num_load_retries
-        self.load_retry_interval = load_retry_interval
+        self.options = LoadOptions(max_batch_size, enable_warmup, num_threads, max_num_load_retries,
+                                   load_retry_interval)
         self._lock = threading.Lock()
         self._loaded: dict[int, _Loaded] = {}
         self._status: dict[int, tuple[int, str]] = {}  # version -> (state, error message)
@@ -84,7 +98,7 @@ class ModelManager:
 
     def _gave_up(self, version: int) -> bool:
         failure = self._failures.get(version)
-        return failure is not None and failure.count > self.max_num_load_retries
+        return failure is not None and failure.count > self.options.max_num_load_retries
 
     @property
     def loaded_versions(self) -> list[int]:
@@ -115,23 +129,24 @@ class ModelManager:
         self._status[version] = (State.LOADING, "")
         logging.info("loading %s version %d from %s", self.name, version, path)
         try:
-            servable = SessionServable(path, max_batch_size=self.max_batch_size, num_threads=self.num_threads)
-            if self.enable_warmup:
+            servable = SessionServable(path, max_batch_size=self.options.max_batch_size,
+                                       num_threads=self.options.num_threads)
+            if self.options.enable_warmup:
                 logging.info("replayed %d warmup request(s) for %s version %d", servable.warmup(), self.name,
                              version)
         except Exception as e:  # a bad version must not take the server down
             failure = self._failures.setdefault(version, _Failure())
             failure.count += 1
             failure.message = f"load failed: {e}"
-            if failure.count > self.max_num_load_retries:
+            if failure.count > self.options.max_num_load_retries:
                 logging.error("giving up on %s version %d after %d attempts: %s", self.name, version,
                               failure.count, e)
                 self._status[version] = (State.END, failure.message)
             else:
-                delay = self.load_retry_interval * 2 ** (failure.count - 1)
+                delay = self.options.load_retry_interval * 2 ** (failure.count - 1)
                 failure.retry_at = time.monotonic() + delay
                 logging.warning("failed to load %s version %d (attempt %d of %d), retrying in %.1fs: %s",
-                                self.name, version, failure.count, self.max_num_load_retries + 1, delay, e)
+                                self.name, version, failure.count, self.options.max_num_load_retries + 1, delay, e)
                 self._status[version] = (State.LOADING, failure.message)
             return False
         self._failures.pop(version, None)

@@ -16,6 +16,7 @@ default, warns when bound to another address, and takes TLS credentials (`ssl_se
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from concurrent import futures
@@ -197,6 +198,31 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             _abort(context, e)
 
 
+@dataclasses.dataclass(frozen=True)
+class GrpcEndpoint:
+    """Where the gRPC service listens: `host`, `port` (0 = a free one), TLS `credentials` (None = plaintext)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    credentials: grpc.ServerCredentials | None = None
+
+    def bind(self, server: grpc.Server) -> int:
+        """Adds this endpoint to `server`; returns the bound port. Warns when not loopback."""
+        address = f"{self.host}:{self.port}"
+        if self.credentials is not None:
+            bound = server.add_secure_port(address, self.credentials)
+        else:
+            bound = server.add_insecure_port(address)
+        if not bound:
+            raise RuntimeError(f"could not bind {address}")
+        if not is_loopback(self.host):
+            logging.warning("dev server bound to non-loopback address %s (%s): anyone who can reach it can "
+                            "query the models without authentication. It is a test harness; use the stock "
+                            "TF Serving server behind your own authentication off-host.", self.host,
+                            "TLS on" if self.credentials is not None else "plaintext, no TLS")
+        return bound
+
+
 class DevModelServer:
     """gRPC PredictionService + ModelService (and optionally REST) for models in TF Serving layout.
 
@@ -224,11 +250,9 @@ class DevModelServer:
             raise ValueError("DevModelServer needs at least one model")
         self.core = ServerCore([ModelManager(m, max_batch_size, enable_warmup, num_threads, max_num_load_retries,
                                              load_retry_interval) for m in models])
-        self.host = host
-        self.requested_port = port
-        self.port = None
+        self.endpoint = GrpcEndpoint(host, port, credentials)
+        self.port = None  # the bound gRPC port, once started
         self.rest_api_port = rest_api_port
-        self.credentials = credentials
         self.poll_wait_seconds = poll_wait_seconds
         self._rest = None
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -247,29 +271,18 @@ class DevModelServer:
 
     @property
     def target(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.endpoint.host}:{self.port}"
 
     def start(self, wait_for_model: bool = True):
         """Binds, loads the wanted versions (if any) and starts the version poller (and REST)."""
-        address = f"{self.host}:{self.requested_port}"
-        if self.credentials is not None:
-            self.port = self._server.add_secure_port(address, self.credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
-        if not self.port:
-            raise RuntimeError(f"could not bind {address}")
-        if not is_loopback(self.host):
-            logging.warning("dev server bound to non-loopback address %s (%s): anyone who can reach it can "
-                            "query the models without authentication. It is a test harness; use the stock "
-                            "TF Serving server behind your own authentication off-host.", self.host,
-                            "TLS on" if self.credentials is not None else "plaintext, no TLS")
+        self.port = self.endpoint.bind(self._server)
         if wait_for_model:
             self.core.poll()
         self._server.start()
         if self.rest_api_port is not None:
             from finegrain_tf.serving.rest import RestServer
 
-            self._rest = RestServer(self.core, self.host, self.rest_api_port).start()
+            self._rest = RestServer(self.core, self.endpoint.host, self.rest_api_port).start()
             self.rest_api_port = self._rest.port
         self._poller.start()
         logging.info("finegrain dev server for %s on %s%s", sorted(self.core.managers), self.target,
