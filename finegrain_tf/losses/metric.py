@@ -349,20 +349,33 @@ def triplet_margin_loss(triplets, margin: float = 0.2, distance: str = "squared_
     return tf.nn.relu(d_ap - d_an + margin)
 
 
+class MarginLossBase(keras.losses.Loss):
+    """Base of the losses configured by a margin and one string option: the subclass names the option
+    (`OPTION`, stored under that attribute) and its `CHOICES`, and implements `call`."""
+
+    OPTION: str
+    CHOICES: tuple[str, ...]
+
+    def __init__(self, margin: float, option: str, name: str, reduction: str, dtype):
+        margin = check_margin_loss_args(margin, **{self.OPTION: (option, self.CHOICES)})
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.margin = margin
+        setattr(self, self.OPTION, option)
+
+    def get_config(self):
+        return {"margin": self.margin, self.OPTION: getattr(self, self.OPTION), "name": self.name,
+                "reduction": self.reduction}
+
+
 @keras.saving.register_keras_serializable(package="finegrain_tf")
-class TripletMarginLoss(keras.losses.Loss):
+class TripletMarginLoss(MarginLossBase):
     """Eq 2.1 on sampled triplets, y_pred [B, 3, D]; y_true is ignored (pass zeros)."""
+
+    OPTION, CHOICES = "distance", DISTANCES
 
     def __init__(self, margin: float = 0.2, distance: str = "squared_l2", name: str = "triplet_margin_loss",
                  reduction: str = "sum_over_batch_size", dtype=None):
-        margin = check_margin_loss_args(margin, distance=(distance, DISTANCES))
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = margin
-        self.distance = distance
+        super().__init__(margin, distance, name, reduction, dtype)
 
     def call(self, y_true, y_pred):
         return triplet_margin_loss(y_pred, self.margin, self.distance)
-
-    def get_config(self):
-        return {"margin": self.margin, "distance": self.distance, "name": self.name,
-                "reduction": self.reduction}
