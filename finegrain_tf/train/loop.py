@@ -379,6 +379,26 @@ def _resume_or_initialize(trainer: Trainer, checkpoint, checkpoint_dir: str) -> 
     return step
 
 
+class _SkipWatch:
+    """Images the input pipeline dropped while reading (`DatasetInfo.skip_counter`: files changed or
+    removed since indexing, images over the decode limits): warned once per epoch, a TensorBoard
+    scalar, and `skipped_images` in eval_report.json. Data without a counter reports nothing."""
+
+    def __init__(self, info, batch_size: int):
+        self.counter = getattr(info, "skip_counter", None)
+        self.steps_per_epoch = max(1, int(getattr(info, "num_train", 0) or 0) // batch_size)
+
+    def on_step(self, step: int, recorder: "_Recorder") -> None:
+        if self.counter is None or step % self.steps_per_epoch:
+            return
+        counts = self.counter.warn_if_new(f"epoch {step // self.steps_per_epoch}")
+        recorder.record("train", step, {"skipped_images": float(counts["total"])}, history=False)
+
+    def report(self, report: dict) -> None:
+        if self.counter is not None:
+            report["skipped_images"] = self.counter.warn_if_new("end of training")
+
+
 def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Trains `cfg` to `cfg.train.steps` (resuming from the newest intact checkpoint), evaluates and
     writes the run directory (see `RunDir`)."""
@@ -395,10 +415,14 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
     val_ds = task.build_inputs(training=False, split=cfg.data.val_split or None) \
         if cfg.train.eval_every else None
     best = _Best(cfg, write_dir.best_checkpoint_dir, model)
+    skips = _SkipWatch(task.data_info, cfg.data.batch_size)
+    fingerprint = input_fingerprint(cfg, task, strategy.num_replicas_in_sync)
+    inputs = {f"input_{fingerprint}": trainer.iterator}
+    if skips.counter is not None:  # the counts go on across a resume, with the input position
+        inputs[f"skipped_{fingerprint}"] = skips.counter
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=trainer.optimizer, step=trainer.step, best_value=best.value,
-        stale=best.stale,
-        **{f"input_{input_fingerprint(cfg, task, strategy.num_replicas_in_sync)}": trainer.iterator})
+        stale=best.stale, **inputs)
     resumed_from = _resume_or_initialize(trainer, checkpoint, write_dir.checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, write_dir.checkpoint_dir,
                                          max_to_keep=cfg.train.keep_checkpoints)
@@ -414,6 +438,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
                 values = _log_metrics(trainer, recorder, current)
                 train_accuracy = values.get("accuracy", train_accuracy)
             bar.update(1, **values)
+            skips.on_step(current, recorder)
             stop_early = False
             if val_ds is not None and current % cfg.train.eval_every == 0:
                 report = task.evaluate(model, val_ds)
@@ -431,6 +456,7 @@ def train(cfg: ExperimentConfig, strategy: tf.distribute.Strategy | None = None)
 
     report = task.evaluate(model, eval_ds)
     report["train_steps"] = current
+    skips.report(report)
     _warn_if_batchnorm_not_warmed_up(train_accuracy, report, task.data_info.num_classes, current)
     if chief:
         task.save_artifacts(run_dir, model, report)

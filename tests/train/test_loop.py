@@ -4,6 +4,8 @@ evaluation with the best checkpoint and early stopping, plots (kill + exact resu
 Every run is a subprocess, so the logical-device and TF_CONFIG set-ups do not leak between tests.
 """
 
+import dataclasses
+import glob
 import json
 import os
 import socket
@@ -201,3 +203,47 @@ def test_periodic_evaluation_history_and_plots(tmp_path):
         with open(os.path.join(model_dir, "plots", name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
     assert "training classes" in out.stderr  # the class-count table at the start
+
+
+def test_images_unreadable_during_training_are_counted_in_the_report(tmp_path, caplog):
+    """A file that turns to garbage after indexing: the run completes, skips it, warns, and records
+    the count in eval_report.json and TensorBoard (issue 11 item 5)."""
+    import logging
+
+    import numpy as np
+    import tensorflow as tf
+
+    from finegrain_tf.data import pipeline
+    from finegrain_tf.train import config, loop
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        os.makedirs(root / f"class_{c}")
+        for i in range(4):
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            (root / f"class_{c}" / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+    model_dir = str(tmp_path / "run")
+    cfg = config.build_config([], TINY + [
+        "data.name=folder", f"data.data_dir={root}", "data.batch_size=4", "train.steps=4",
+        "train.plots=false", f"train.model_dir={model_dir}"])
+    pipeline.build_index(cfg.data)  # indexed (and verified) while the file is still good
+    (root / "class_1" / "2.png").write_bytes(b"\x89PNG garbage written after indexing")
+    with caplog.at_level(logging.WARNING):
+        result = loop.train(cfg)
+    assert result.step == 4
+    skipped = _report(model_dir)["skipped_images"]
+    # >= 1 in the training stream (4 steps x 4 > 7 readable files: a whole epoch was read) and
+    # exactly 1 in the final evaluation over the same folder.
+    assert skipped["total"] >= 2 and skipped["total"] == skipped["unreadable"] + skipped["too_large"]
+    assert "skipped" in caplog.text and "images while reading the data so far" in caplog.text
+    tags = {value.tag for path in glob.glob(os.path.join(model_dir, "logs", "train", "*"))
+            for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}
+    assert "skipped_images" in tags
+    # The counts are in the checkpoint: a resumed run (a fresh process: counter at 0) goes on from
+    # the count saved at step 4 (the total less the final evaluation's 1), and its own evaluation
+    # adds 1 again; without the restore it would count only its 2 steps (<= 2) plus 1.
+    pipeline.build_index(cfg.data).counter.reset()
+    resumed = loop.train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=6)))
+    assert resumed.resumed_from == 4
+    assert _report(model_dir)["skipped_images"]["total"] >= skipped["total"]
