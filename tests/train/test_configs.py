@@ -48,6 +48,15 @@ def toy_overrides(cfg: config.ExperimentConfig, model_dir: str) -> list:
         overrides.append("pairs.invariant_weights=")
     if cfg.model.embedding_dim:
         overrides.append("model.embedding_dim=8")
+    if cfg.task.name == "pairs":  # fewer photos and pairs, narrow towers (the backbones stay)
+        pc = cfg.pairs
+        overrides += [f"pairs.num_places={min(pc.num_places, 30)}", "pairs.embedding_dim=8",
+                      "pairs.variant_dim=16", f"pairs.labeled_triplets={min(pc.labeled_triplets, 20)}",
+                      "pairs.kfold_epochs=1"]
+        if pc.hidden_units:
+            overrides.append("pairs.hidden_units=8")
+        if pc.blend_units:
+            overrides.append("pairs.blend_units=8")
     return overrides
 
 
