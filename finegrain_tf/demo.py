@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -25,6 +27,9 @@ flags.DEFINE_multi_string("finetune_config", ["configs/demo_kernel_finetune.yaml
                           "Stage-2 config(s), applied on top of --config; empty to skip stage 2.")
 flags.DEFINE_multi_string("set", [], "Config overrides `section.key=value` (both stages).")
 flags.DEFINE_integer("show", 8, "Held-out images to classify in the printed tables.")
+flags.DEFINE_bool("bootstrap", True, "Run one dataset-bootstrapping round with a simulated labeler.")
+flags.DEFINE_multi_string("bootstrap_args", ["--pretrain_set=train.steps=300", "--set=train.steps=150"],
+                          "Extra finegrain-bootstrap flags for that round (CPU-sized by default).")
 
 
 def _section(title: str, started: float) -> None:
@@ -45,6 +50,16 @@ def _class_of(path: str) -> str:
     return os.path.basename(os.path.dirname(path))
 
 
+def _bootstrap_round(work_dir: str) -> None:
+    """One round in its own process, as a user runs it: coarse pre-training, train on S_0, score the
+    pool, queue the confident proposals in a SQLite label store, let a simulated labeler (5 % errors)
+    answer them, then write S_1 (a manifest for finegrain-train) and H_1 (hard negatives)."""
+    command = [sys.executable, "-m", "finegrain_tf.bootstrap.main", "--simulate", f"--work_dir={work_dir}",
+               "--rounds=1", "--error_rate=0.05", "--noprogress", "--verbosity=-1", *FLAGS.bootstrap_args]
+    print("$ finegrain-bootstrap " + " ".join(command[3:]), flush=True)
+    subprocess.run(command, check=True)
+
+
 def main(argv):
     del argv
     # Heavy imports after flag parsing so `--help` is instant.
@@ -62,7 +77,7 @@ def main(argv):
     cfg = config.build_config(FLAGS.config, list(FLAGS.set) + [f"train.model_dir={stage1_dir}"])
     finetune = [c for c in FLAGS.finetune_config if c]
 
-    _section("1/5 data: embedded synthetic fine-grained dataset", started)
+    _section("1/6 data: embedded synthetic fine-grained dataset", started)
     data = synthetic.generate_from_config(cfg.data.synthetic)
     images_dir = synthetic.write_image_folder(data, os.path.join(FLAGS.workdir, "images"),
                                               splits=("train", "test"))
@@ -70,7 +85,7 @@ def main(argv):
           f"e.g. {', '.join(data.class_names[:3])}")
     print("images per split: " + ", ".join(f"{s}={len(v)}" for s, v in data.labels.items()))
 
-    _section(f"2/5 train: stage 1 ({cfg.train.steps} steps)"
+    _section(f"2/6 train: stage 1 ({cfg.train.steps} steps)"
              + (" + stage 2 (fine-tune)" if finetune else ""), started)
     runs = [("stage 1", cfg)]
     if finetune:
@@ -101,7 +116,7 @@ def main(argv):
     print(f"\ntest split ({result.report['num_examples']} images, balanced):")
     print(_compare_reports(reports))
 
-    _section("3/5 export: SavedModel for TF Serving (classify, embed, lookup)", started)
+    _section("3/6 export: SavedModel for TF Serving (classify, embed, lookup)", started)
     gallery = os.path.join(images_dir, "train")
     base_path = os.path.join(FLAGS.workdir, "serving")
     export_dir = export_from_model_dir(model_dir, base_path, gallery=gallery)
@@ -117,7 +132,7 @@ def main(argv):
     print("session-loader outputs vs in-memory Keras model, max |diff| per signature: "
           + ", ".join(f"{k}={v:.2g}" for k, v in diffs.items()))
 
-    _section("4/5 classify held-out JPEGs through the TF1 session loader (TF Serving's path)",
+    _section("4/6 classify held-out JPEGs through the TF1 session loader (TF Serving's path)",
              started)
     servable = SessionServable(export_dir)
     out = servable.run("serving_default", {"images": np.array(encoded, dtype=object)})
@@ -129,7 +144,7 @@ def main(argv):
         print(f"{os.path.relpath(path, images_dir):<40}{_class_of(path):<26}{name:<26}"
               f"{scores[0]:>6.2f} {mark}")
 
-    _section("5/5 serve over gRPC (dev server, TF Serving protocol): classify + embedding lookup",
+    _section("5/6 serve over gRPC (dev server, TF Serving protocol): classify + embedding lookup",
              started)
     model_name = cfg.export.model_name
     with start_server_process(os.path.join(base_path, model_name), model_name) as server:
@@ -147,6 +162,11 @@ def main(argv):
         print(f"{os.path.relpath(path, images_dir):<40}"
               + " ".join("+" if m else "." for m in matches))
     print(f"embedding lookup precision@5 over the shown queries: {np.mean(hits):.2f}")
+
+    if FLAGS.bootstrap:
+        _section("6/6 bootstrap: one round of seed 000 §2.2 with a simulated labeler "
+                 "(finegrain-bootstrap --simulate)", started)
+        _bootstrap_round(os.path.join(FLAGS.workdir, "bootstrap"))
 
     total = time.time() - started
     print(f"\ndemo finished in {total:.0f}s: top-1 {result.report['top1']:.3f}, "

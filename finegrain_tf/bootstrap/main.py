@@ -56,6 +56,8 @@ flags.DEFINE_integer("seed", 0, "Seed of the pool split and the rounds' training
 flags.DEFINE_bool("simulate", False, "Answer the review queue with simulated labelers from the pool's labels.")
 flags.DEFINE_float("error_rate", 0.0, "Simulated labelers: probability of a wrong verdict.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_multi_string("pretrain_set", [], "--simulate: finegrain-train override(s) for the coarse "
+                          "pre-training (e.g. train.steps=150 for a quick demo).")
 
 SIMULATION_CONFIG = os.path.join("configs", "bootstrap_synthetic.yaml")
 PRETRAIN_CONFIG = os.path.join("configs", "metric_pretrain.yaml")
@@ -73,7 +75,8 @@ def _simulation_inputs(work_dir):
         if not os.path.exists(path):
             raise app.UsageError(f"--simulate needs {path} (run from the repository root) or --config")
     setup = prepare_synthetic(os.path.join(work_dir, "synthetic"), seed=FLAGS.seed)
-    weights = pretrain_backbone(PRETRAIN_CONFIG, os.path.join(work_dir, "pretrain"), FLAGS.seed)
+    weights = pretrain_backbone(PRETRAIN_CONFIG, os.path.join(work_dir, "pretrain"), FLAGS.seed,
+                                FLAGS.pretrain_set)
     return (setup.seed_manifest, setup.pool_manifest, FLAGS.eval_manifest or setup.test_manifest,
             FLAGS.config or [SIMULATION_CONFIG], [f"model.weights={weights}"])
 

@@ -90,7 +90,7 @@ def prepare_synthetic(out_dir: str, num_superclasses: int = 4, classes_per_super
                           distractor_names=[data.class_names[c] for c in distractors], truth=truth)
 
 
-def pretrain_backbone(config: str, model_dir: str, seed: int = 0) -> str:
+def pretrain_backbone(config: str, model_dir: str, seed: int = 0, overrides=()) -> str:
     """Trains `config` (e.g. configs/metric_pretrain.yaml: the shape families of an independent
     rendering, a stand-in for ImageNet pre-training) once into `model_dir`; returns the path of its
     backbone weights for `model.weights`."""
@@ -99,7 +99,8 @@ def pretrain_backbone(config: str, model_dir: str, seed: int = 0) -> str:
 
     run = RunDir(model_dir)
     if not run.exists(RunDir.backbone_weights_path):
-        default_train([config], [f"train.model_dir={model_dir}", f"train.seed={seed}", "train.plots=false"])
+        default_train([config], list(overrides) + [f"train.model_dir={model_dir}", f"train.seed={seed}",
+                                                   "train.plots=false"])
     return run.backbone_weights_path
 
 
