@@ -40,6 +40,7 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (data rendering, pool split, 
 flags.DEFINE_integer("rounds", 3, "bootstrapping rounds k")
 flags.DEFINE_float("threshold", 0.5, "D_i: top confidence > threshold")
 flags.DEFINE_bool("replot", False, "only redraw bootstrap.png from bootstrap.json")
+flags.DEFINE_bool("claims_only", False, "only recompute bootstrap.json's \"claims\" from its per-seed results")
 flags.DEFINE_float("error_rate", 0.05, "simulated labeler's probability of a wrong verdict")
 
 
@@ -146,6 +147,14 @@ def main(argv):
         with open(os.path.join(FLAGS.output_dir, "bootstrap.json")) as f:
             plot(json.load(f)["per_seed"], os.path.join(FLAGS.output_dir, "bootstrap.png"))
         return
+    if FLAGS.claims_only:
+        path = os.path.join(FLAGS.output_dir, "bootstrap.json")
+        with open(path) as f:
+            summary = json.load(f)
+        summary["claims"] = claims(summary["per_seed"])
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+        return
     results = []
     for s in FLAGS.seeds:
         r = run_seed(int(s))
@@ -178,10 +187,64 @@ def main(argv):
             "added": stat([r["rounds"][-1]["added"] for r in results]),
             "random_added": stat([r["random_baseline"]["added"] for r in results]),
         }}
+    summary["claims"] = claims(results)
     with open(os.path.join(FLAGS.output_dir, "bootstrap.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary["summary"], indent=1))
     plot(results, os.path.join(FLAGS.output_dir, "bootstrap.png"))
+
+
+def claims(results: list) -> list:
+    """The seed's §2.4.3 statements next to ours (studies/README.md table), from the per-seed results.
+
+    Gains are per-seed differences of test top-1 (percentage points), then mean +- std over seeds."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import plotting
+
+    def pts(values):
+        return plotting.mean_std_text(values, digits=1, scale=100, unit=" pts")
+
+    s0 = np.array([r["s0_top1"] for r in results])
+    final = np.array([r["final_top1"] for r in results])
+    no_hn = np.array([r["final_without_hard_negatives_top1"] for r in results])
+    random_picks = np.array([r["random_baseline"]["test_top1"] for r in results])
+    growth = [r["rounds"][-1]["dataset"] / r["rounds"][0]["dataset"] for r in results]
+    precision_added = [r["rounds"][-1]["precision_added"] for r in results]
+    gain, from_images, from_hn = final - s0, no_hn - s0, final - no_hn
+    n = len(results)
+
+    def clear(values):
+        """A gain beyond seed noise: the mean exceeds twice its standard error."""
+        return n > 1 and float(np.mean(values)) > 2 * float(np.std(values, ddof=1)) / np.sqrt(n)
+
+    growth_ok = min(growth) > 1.0 and float(np.mean(precision_added)) >= 0.9
+    return [
+        {"claim": "bootstrapping with human (here: simulated) binary verdicts grows a small fine-grained "
+                  "training set with correctly labelled images",
+         "seed_figure": "§2.4.3: 11,567 Instagram images added, training set almost doubled (to 27,004)",
+         "ours": f"|S_k| / |S_0| = {plotting.mean_std_text(growth, digits=2)} after {len(results[0]['rounds']) - 1} "
+                 f"rounds; precision of the added images {plotting.mean_std_text(precision_added, digits=3)}",
+         "reproduced": "yes" if growth_ok else "partly",
+         "why": "" if growth_ok else "the set grew less or with label precision below 0.9"},
+        {"claim": "the bootstrapped model (Triplet-A + HN on S_k and H_k) is more accurate than the one "
+                  "trained on S_0",
+         "seed_figure": "Table 2.3 vs Table 2.1: +6.9 points on flowers-620",
+         "ours": f"gain {pts(gain)} (S_0 {plotting.mean_std_text(s0, 1, 100, ' %')}, S_k + H_k "
+                 f"{plotting.mean_std_text(final, 1, 100, ' %')}); S_0 + random picks with the same verdict "
+                 f"budget: {pts(random_picks - s0)}",
+         "reproduced": "yes" if clear(gain) else "no",
+         "why": "" if clear(gain) else
+                "no gain beyond seed noise at this scale (12 synthetic classes, 32 px, 3 rounds), and random "
+                "picks with the same labelling budget do as well"},
+        {"claim": "the human-labelled hard negatives matter as much as the added positives",
+         "seed_figure": "§2.4.3: of the 6.9 points, 3.4 from the added images and 3.5 from hard negatives",
+         "ours": f"added images (S_k vs S_0): {pts(from_images)}; hard negatives (S_k + H_k vs S_k): {pts(from_hn)}",
+         "reproduced": "yes" if clear(from_images) and clear(from_hn) else "no",
+         "why": "" if clear(from_images) and clear(from_hn) else
+                "neither part is distinguishable from seed noise at this scale"},
+    ]
 
 
 def plot(results: list, path: str) -> None:

@@ -46,6 +46,11 @@ flags.DEFINE_list("gammas", ["estimated", "0.25", "0.5", "1"],
                   "gamma values; 'estimated' = 1 / mean <x, y> (§3.3.2).")
 flags.DEFINE_integer("seeds", 3, "Seeds 0..seeds-1 of the features, the pairs and the hashes.")
 flags.DEFINE_boolean("plot_only", False, "Redraw the PNG from the JSON in --output_dir.")
+flags.DEFINE_boolean("claims_only", False,
+                     "Recompute the JSON's \"claims\" from its stored records (no sweep) and rewrite it.")
+
+# The feature family that looks most like the seed's pooled CNN activations (mean cosine ~0.9).
+SEED_LIKE_FAMILY = "pool16"
 
 
 def _families(np, ka, seed):
@@ -70,6 +75,13 @@ def main(argv):
         records = json.load(open(json_path))["records"]
         families = sorted({r["family"] for r in records}, key=lambda f: (len(f), f))
         plot(records, families, dims, orders, png_path)
+        return
+    if FLAGS.claims_only:
+        with open(json_path) as f:
+            summary = json.load(f)
+        summary["claims"] = claims(summary["records"])
+        with open(json_path, "w") as f:
+            json.dump(summary, f, indent=1)
         return
     records = []
     for seed in range(FLAGS.seeds):
@@ -110,9 +122,85 @@ def main(argv):
                "features": FLAGS.features, "feature_dim": FLAGS.feature_dim, "num_pairs": FLAGS.num_pairs,
                "seeds": FLAGS.seeds,
                "headline_p4_d4096_gamma_estimated_mean_std": headline, "records": records}
+    if SEED_LIKE_FAMILY in families:
+        summary["claims"] = claims(records)
     with open(json_path, "w") as f:
         json.dump(summary, f, indent=1)
     plot(records, families, dims, orders, png_path)
+
+def claims(records, family: str = SEED_LIKE_FAMILY, top_dim: int = 4096, order: int = 4) -> list:
+    """The seed's Fig 3.6 statements next to ours (studies/README.md table), from the sweep's records.
+
+    Each figure is the mean +- std over seeds (ddof=1) of the per-seed mean relative error."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import plotting
+
+    def errors(gamma, p=order, dim=top_dim):
+        return [r["mean"] for r in records if r["family"] == family and r["order"] == p and r["dim"] == dim
+                and (r["gamma_estimated"] if gamma == "est" else (not r["gamma_estimated"] and r["gamma"] == gamma))]
+
+    def pct(values):
+        return plotting.mean_std_text(values, digits=2, scale=100, unit=" %")
+
+    gammas = sorted({r["gamma"] for r in records if not r["gamma_estimated"]})
+    dims = sorted({r["dim"] for r in records})
+    orders = sorted({r["order"] for r in records})
+    cosine = float(np.mean([r["mean_cosine"] for r in records if r["family"] == family]))
+    feats = f"{family} features (L2-normalised means of pooled ReLU vectors, mean cosine {cosine:.2f})"
+    at_est = errors("est")
+    best_gamma = min(gammas, key=lambda g: np.mean(errors(g)))
+    within = [g for g in sorted(gammas, reverse=True) if float(np.mean(errors(g))) <= 0.015]
+    near_one = bool(within)
+    small_gamma_text = ("; ".join(f"{pct(errors(g))} at gamma = {g:g}" for g in within) if within
+                        else f"{pct(errors(best_gamma))} at the best gamma = {best_gamma:g}")
+    # Orderings, judged on the mean over seeds.
+    by_dim = {g: [float(np.mean(errors(g, dim=d))) for d in dims] for g in ["est"] + gammas}
+    dim_ok = {g: bool(np.all(np.diff(v) <= 0)) for g, v in by_dim.items()}
+    by_order = {g: [float(np.mean(errors(g, p=p))) for p in orders] for g in ["est"] + gammas}
+    order_ok = {g: bool(np.all(np.diff(v) <= 0)) for g, v in by_order.items()}
+    by_gamma = [float(np.mean(errors(g))) for g in gammas]
+
+    def fmt(values):
+        return " -> ".join(f"{100 * v:.2f}" for v in values) + " %"
+
+    def verdict(ok):
+        return "yes" if all(ok.values()) else ("partly" if any(ok.values()) else "no")
+
+    return [
+        {"claim": f"with d_bar = {top_dim}, p = {order} and a proper gamma, kernel pooling approximates the "
+                  "Gaussian RBF kernel to about 1 % relative error (eq 3.12)",
+         "seed_figure": "Fig 3.6 / §3.3.2: close to 1 % (VGG-16 conv5_3 on CUB, 100K pairs)",
+         "ours": f"{pct(at_est)} at the §3.3.2 gamma = 1 / mean <x, y>; {small_gamma_text}; {feats}",
+         "reproduced": "partly" if near_one else "no",
+         "why": "about 1 % needs a gamma below the §3.3.2 estimate, whose order-4 Taylor truncation alone is "
+                "~5.3 % (random ReLU features, cosine 1/pi, give the issue's 20 %); features are synthetic "
+                "pooled ReLU vectors, not trained-backbone activations"},
+        {"claim": "a higher feature pooling dimension d_bar gives a better approximation",
+         "seed_figure": "Fig 3.6: error falls as d_bar grows (50 ... 5000)",
+         "ours": f"p = {order}, d_bar = {', '.join(map(str, dims))}: {fmt(by_dim['est'])} (estimated gamma), "
+                 f"{fmt(by_dim[best_gamma])} (gamma = {best_gamma:g}); means over n={len(at_est)} seeds, {family}",
+         "reproduced": verdict(dim_ok),
+         "why": "" if all(dim_ok.values()) else
+                "not monotone at gamma " + ", ".join(str(g) for g, ok in dim_ok.items() if not ok)},
+        {"claim": "the approximation error goes down with increasing order p",
+         "seed_figure": "Fig 3.6: error falls from p = 2 to p = 4",
+         "ours": f"d_bar = {top_dim}, p = {', '.join(map(str, orders))}: {fmt(by_order['est'])} (estimated gamma), "
+                 f"{fmt(by_order[best_gamma])} (gamma = {best_gamma:g}); {family}",
+         "reproduced": verdict(order_ok),
+         "why": "" if all(order_ok.values()) else
+                "not monotone at gamma " + ", ".join(str(g) for g, ok in order_ok.items() if not ok)},
+        {"claim": "gamma plays a key role in the approximation error",
+         "seed_figure": "Fig 3.6: curves for several gamma differ by orders of magnitude",
+         "ours": f"p = {order}, d_bar = {top_dim}, gamma = {', '.join(f'{g:g}' for g in gammas)}: {fmt(by_gamma)}; "
+                 f"estimated gamma: {pct(at_est)}",
+         "reproduced": "yes" if max(by_gamma) >= 10 * min(by_gamma) else "partly",
+         "why": "" if max(by_gamma) >= 10 * min(by_gamma) else "less than a tenfold spread over the gamma grid"},
+    ]
+
 
 def plot(records, families, dims, orders, path):
     """Error vs d_bar per family (estimated gamma), and error vs gamma at p = 4, d_bar = max."""
