@@ -89,6 +89,11 @@ class CombinedObjective(keras.losses.Loss):
     the training binary passes its class-balanced / long-tail loss). The same object trains a
     two-output model in `model.fit`: `model.compile(optimizer, loss=obj.losses,
     loss_weights=obj.loss_weights)`.
+
+    The triplet term mines in the batch (`mining` of `TripletLoss`), or, with mining="sampled", takes
+    triplets formed by a sampler: then the embedding output is [B, 3, D] (anchor, positive, negative)
+    and y_true / the scores are those of the B anchors. The metric-learning task of the training
+    binary trains eq 2.5 with this object in that form.
     """
 
     def __init__(self, omega: float = 0.1, margin: float = 0.2, mining: str = "violating",

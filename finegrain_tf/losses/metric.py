@@ -25,8 +25,9 @@ No mode builds a B x B x B tensor: "all"/"violating" count triplets and semi_har
 among the negatives with one sort per row (cumulative counts over the sorted row), so mining is
 O(B^2 log B) time and O(B^2) memory.
 
-`TripletMarginLoss` is eq 2.1 on explicitly sampled triplets (y_pred [B, 3, D] = anchor, positive,
-negative), the loss used with the quasi-online sampler of `finegrain_tf.sampling`.
+- ``mining="sampled"``: no mining; y_pred [B, 3, D] holds triplets formed outside the batch (anchor,
+  positive, negative), e.g. by the quasi-online sampler of `finegrain_tf.sampling` (§2.3.2-2.3.3);
+  eq 2.1 per triplet, y_true is ignored.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import tensorflow as tf
 
 from finegrain_tf.ops.xla import in_xla_context
 
-MININGS = ("violating", "all", "semi_hard", "hard")
+MININGS = ("violating", "all", "semi_hard", "hard")  # in-batch mining of (labels, embeddings [B, D])
+SAMPLED = "sampled"  # explicit triplets [B, 3, D] from a sampler
 DISTANCES = ("squared_l2", "l2", "cosine")
 
 
@@ -50,7 +52,7 @@ def _check(name: str, value, choices) -> None:
 
 
 def check_margin_loss_args(margin, **options: tuple[str, tuple[str, ...]]) -> float:
-    """Constructor checks shared by the margin losses (here and in pairwise.py): each keyword is
+    """Constructor checks of the margin losses (here and in pairwise.py): each keyword is
     `name=(value, choices)`; the margin must be >= 0 (NaN refused). Returns the margin as a float."""
     for name, (value, choices) in options.items():
         _check(name, value, choices)
@@ -300,12 +302,14 @@ def _gathered_triplet_loss(labels, embeddings, margin, mining, distance):
 
 @keras.saving.register_keras_serializable(package="finegrain_tf")
 class TripletLoss(keras.losses.Loss):
-    """Eq 2.1 with in-batch mining on y_true = labels [B], y_pred = embeddings [B, D].
+    """Eq 2.1 with in-batch mining on y_true = labels [B], y_pred = embeddings [B, D], or on sampled
+    triplets y_pred [B, 3, D] (mining="sampled").
 
     Args:
       margin: m of eq 2.1 (seed: 0.2).
       mining: "violating" (default, seed §2.3.2), "all", "semi_hard" (= tfa TripletSemiHardLoss),
-        "hard" (= tfa TripletHardLoss, soft=False).
+        "hard" (= tfa TripletHardLoss, soft=False), or "sampled" (y_pred holds (anchor, positive,
+        negative) triplets formed outside the batch; no mining, y_true ignored).
       distance: "squared_l2" (= tfa "L_2"), "l2", "cosine" (= tfa "angular").
       gather_across_replicas: under tf.distribute, all-gather labels and embeddings so mining sees the
         global batch (each replica returns the terms of its own anchors).
@@ -314,7 +318,11 @@ class TripletLoss(keras.losses.Loss):
     def __init__(self, margin: float = 0.2, mining: str = "violating", distance: str = "squared_l2",
                  gather_across_replicas: bool = False, name: str = "triplet_loss",
                  reduction: str = "sum_over_batch_size", dtype=None):
-        margin = check_margin_loss_args(margin, mining=(mining, MININGS), distance=(distance, DISTANCES))
+        margin = check_margin_loss_args(margin, mining=(mining, MININGS + (SAMPLED,)),
+                                        distance=(distance, DISTANCES))
+        if mining == SAMPLED and gather_across_replicas:
+            raise ValueError("gather_across_replicas=True has nothing to gather with mining='sampled' "
+                             "(each sampled triplet is complete on its replica)")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.margin = margin
         self.mining = mining
@@ -322,6 +330,8 @@ class TripletLoss(keras.losses.Loss):
         self.gather_across_replicas = bool(gather_across_replicas)
 
     def call(self, y_true, y_pred):
+        if self.mining == SAMPLED:
+            return triplet_margin_loss(y_pred, self.margin, self.distance)
         if self.gather_across_replicas:
             return _gathered_triplet_loss(y_true, y_pred, self.margin, self.mining, self.distance)
         return triplet_loss(y_true, y_pred, self.margin, self.mining, self.distance)
@@ -348,34 +358,3 @@ def triplet_margin_loss(triplets, margin: float = 0.2, distance: str = "squared_
             d_ap, d_an = safe_sqrt(d_ap), safe_sqrt(d_an)
     return tf.nn.relu(d_ap - d_an + margin)
 
-
-class MarginLossBase(keras.losses.Loss):
-    """Base of the losses configured by a margin and one string option: the subclass names the option
-    (`OPTION`, stored under that attribute) and its `CHOICES`, and implements `call`."""
-
-    OPTION: str
-    CHOICES: tuple[str, ...]
-
-    def __init__(self, margin: float, option: str, name: str, reduction: str, dtype):
-        margin = check_margin_loss_args(margin, **{self.OPTION: (option, self.CHOICES)})
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.margin = margin
-        setattr(self, self.OPTION, option)
-
-    def get_config(self):
-        return {"margin": self.margin, self.OPTION: getattr(self, self.OPTION), "name": self.name,
-                "reduction": self.reduction}
-
-
-@keras.saving.register_keras_serializable(package="finegrain_tf")
-class TripletMarginLoss(MarginLossBase):
-    """Eq 2.1 on sampled triplets, y_pred [B, 3, D]; y_true is ignored (pass zeros)."""
-
-    OPTION, CHOICES = "distance", DISTANCES
-
-    def __init__(self, margin: float = 0.2, distance: str = "squared_l2", name: str = "triplet_margin_loss",
-                 reduction: str = "sum_over_batch_size", dtype=None):
-        super().__init__(margin, distance, name, reduction, dtype)
-
-    def call(self, y_true, y_pred):
-        return triplet_margin_loss(y_pred, self.margin, self.distance)

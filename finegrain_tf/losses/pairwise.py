@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from finegrain_tf.losses.metric import MarginLossBase, safe_sqrt
+from finegrain_tf.losses.metric import check_margin_loss_args, safe_sqrt
 from finegrain_tf.ops.xla import in_xla_context
 
 FORMULATIONS = ("hadsell", "thesis")
@@ -55,14 +55,18 @@ def contrastive_loss(y_true, y_pred, margin: float = 1.0, formulation: str = "ha
 
 
 @keras.saving.register_keras_serializable(package="finegrain_tf")
-class ContrastiveLoss(MarginLossBase):
+class ContrastiveLoss(keras.losses.Loss):
     """Contrastive loss on (pair labels [B], pair embeddings [B, 2, D]); see the module docstring."""
-
-    OPTION, CHOICES = "formulation", FORMULATIONS
 
     def __init__(self, margin: float = 1.0, formulation: str = "hadsell", name: str = "contrastive_loss",
                  reduction: str = "sum_over_batch_size", dtype=None):
-        super().__init__(margin, formulation, name, reduction, dtype)
+        self.margin = check_margin_loss_args(margin, formulation=(formulation, FORMULATIONS))
+        self.formulation = formulation
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
         return contrastive_loss(y_true, y_pred, self.margin, self.formulation)
+
+    def get_config(self):
+        return {"margin": self.margin, "formulation": self.formulation, "name": self.name,
+                "reduction": self.reduction}

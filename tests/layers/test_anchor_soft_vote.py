@@ -160,3 +160,25 @@ def test_combined_objective_trains_with_fit():
     assert not np.allclose(emb_model.layers[1].kernel.numpy(), kernel0)
     with pytest.raises(ValueError, match="1.5"):
         combined_objective(omega=1.5)
+
+
+@pytest.mark.parametrize("omega", [0.1, 1.0])
+def test_combined_objective_on_sampled_triplets_matches_eq_2_5(omega):
+    """The metric task's form of eq 2.5: triplets [B, 3, D] from a sampler and the anchors' scores
+    [B, N], per triplet omega * eq 2.1 + (1 - omega) * eq 2.4, against float64 loops; round trip."""
+    from finegrain_tf.losses.anchor_vote import CombinedObjective
+
+    rng = np.random.default_rng(3)
+    triplets = rng.normal(size=(5, 3, 4)).astype(np.float32)
+    scores = rng.normal(size=(5, 3)).astype(np.float32)
+    labels = np.array([0, 2, 1, 1, 0])
+    objective = CombinedObjective(omega, margin=0.3, mining="sampled", reduction=None)
+    got = objective(labels, {"embedding": triplets, "vote": scores}).numpy()
+    for i in range(5):
+        a, p, n = triplets[i].astype(np.float64)
+        triplet = max(np.sum((a - p) ** 2) - np.sum((a - n) ** 2) + 0.3, 0.0)
+        z = scores[i].astype(np.float64)
+        vote = np.log(np.sum(np.exp(z))) - z[labels[i]]
+        assert got[i] == pytest.approx(omega * triplet + (1 - omega) * vote, abs=1e-5)
+    again = CombinedObjective.from_config(objective.get_config())
+    assert again.triplet.mining == "sampled" and again.get_config() == objective.get_config()

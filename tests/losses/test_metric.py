@@ -1,4 +1,4 @@
-"""TripletLoss / TripletMarginLoss against naive float64 triple loops following eq 2.1 and tfa's rules."""
+"""TripletLoss (in-batch mining and sampled triplets) against naive float64 triple loops following eq 2.1 and tfa's rules."""
 
 import os
 import subprocess
@@ -10,8 +10,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from finegrain_tf.losses.metric import (TripletLoss, TripletMarginLoss, pairwise_distances, triplet_loss,
-                                        triplet_margin_loss)
+from finegrain_tf.losses.metric import TripletLoss, pairwise_distances, triplet_loss, triplet_margin_loss
 
 MININGS = ("violating", "all", "semi_hard", "hard")
 DISTANCES = ("squared_l2", "l2", "cosine")
@@ -223,7 +222,9 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="-1"):
         TripletLoss(margin=-1.0)
     with pytest.raises(ValueError, match="'manhattan'"):
-        TripletMarginLoss(distance="manhattan")
+        TripletLoss(mining="sampled", distance="manhattan")
+    with pytest.raises(ValueError, match="nothing to gather"):
+        TripletLoss(mining="sampled", gather_across_replicas=True)
 
 
 def test_get_config_round_trip():
@@ -232,8 +233,8 @@ def test_get_config_round_trip():
     assert again.get_config() == loss.get_config()
     ser = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert isinstance(ser, TripletLoss) and ser.mining == "semi_hard" and ser.margin == 0.3
-    m = TripletMarginLoss(0.4, "l2")
-    assert TripletMarginLoss.from_config(m.get_config()).get_config() == m.get_config()
+    m = TripletLoss(0.4, "sampled", "l2")
+    assert TripletLoss.from_config(m.get_config()).get_config() == m.get_config()
 
 
 def test_triplet_margin_loss_matches_eq_2_1():
@@ -244,8 +245,11 @@ def test_triplet_margin_loss_matches_eq_2_1():
         for i in range(6):
             d = ref_dist(t[i], distance)
             assert got[i] == pytest.approx(max(d[0, 1] - d[0, 2] + 0.2, 0.0), abs=1e-5)
-    assert float(TripletMarginLoss(0.2)(np.zeros(6), t)) == pytest.approx(
-        np.mean(triplet_margin_loss(t, 0.2).numpy()), abs=1e-6)
+    for distance in DISTANCES:  # the loss object's sampled form: mean of eq 2.1 over the triplets
+        want = np.mean([max(ref_dist(t[i], distance)[0, 1] - ref_dist(t[i], distance)[0, 2] + 0.2, 0.0)
+                        for i in range(6)])
+        got = float(TripletLoss(0.2, "sampled", distance)(np.zeros(6), t))
+        assert got == pytest.approx(want, abs=1e-5)
 
 
 def test_fit_embedding_model_save_load(tmp_path):

@@ -11,7 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 from finegrain_tf.losses import (AnchorVoteLoss, BalancedSoftmaxLoss, ClassBalancedLoss,  # noqa: E402
                                  CombinedObjective, ContrastiveLoss, LDAMLoss, LogitAdjustedLoss,
-                                 TripletLoss, TripletMarginLoss)
+                                 TripletLoss)
 
 RNG = np.random.RandomState(0)
 COUNTS = [40, 12, 5, 2]
@@ -32,7 +32,7 @@ CASES.update({"cb_focal_onehot": (lambda: ClassBalancedLoss(COUNTS, 0.99, "focal
               "anchor_vote": (lambda: AnchorVoteLoss(), LABELS, LOGITS),
               "contrastive_hadsell": (lambda: ContrastiveLoss(1.0, "hadsell"), PAIR_LABELS, PAIRS),
               "contrastive_thesis": (lambda: ContrastiveLoss(1.0, "thesis"), PAIR_LABELS, PAIRS),
-              "triplet_margin": (lambda: TripletMarginLoss(0.2), np.zeros(8, np.float32), TRIPLETS)})
+              "triplet_margin": (lambda: TripletLoss(0.2, mining="sampled"), np.zeros(8, np.float32), TRIPLETS)})
 CASES.update({f"triplet_{m}_{d}": (lambda m=m, d=d: TripletLoss(0.2, m, d), LABELS, EMB)
               for m in ("violating", "all", "semi_hard", "hard") for d in ("squared_l2", "l2", "cosine")})
 

@@ -199,10 +199,13 @@ class MetricTask(ClassificationTask):
         return model
 
     def build_losses(self):
-        """Eq 2.1 on sampled triplets ([B, 3, D] embeddings); the task adds eq 2.4's term (eq 2.5)."""
-        self._loss = losses.TripletMarginLoss(self.cfg.loss.margin, self.cfg.loss.distance, reduction=None)
-        self._vote_loss = losses.AnchorVoteLoss(from_logits=True, reduction=None)
-        return self._loss
+        """Eq 2.5 (`losses.CombinedObjective`) with eq 2.1 on the sampled triplets ([B, 3, D]
+        embeddings) and eq 2.4 on the anchors' soft votes; per triplet (the loop averages)."""
+        cfg = self.cfg.loss
+        self._objective = losses.CombinedObjective(
+            self.omega, cfg.margin, mining="sampled", distance=cfg.distance,
+            classification=losses.AnchorVoteLoss(from_logits=True), reduction=None)
+        return self._objective
 
     def build_metrics(self):
         return {**super().build_metrics(), "active_triplets": keras.metrics.Mean("active_triplets")}
@@ -283,18 +286,18 @@ class MetricTask(ClassificationTask):
             logits, unit = self._net(images, training=True)
             unit = tf.cast(unit, tf.float32)
             triplets = tf.transpose(tf.reshape(unit, [3, b, -1]), [1, 0, 2])  # [b, 3, D]
-            triplet = self._loss.call(None, triplets)
             anchor_logits = tf.cast(logits[:b], tf.float32)
             # With omega = 1 the vote term weighs 0: the anchors get a zero gradient (not a missing
             # one) and are placed by k-means before evaluation.
-            per_triplet = self.omega * triplet + \
-                (1.0 - self.omega) * self._vote_loss.call(labels, anchor_logits)
+            per_triplet = self._objective.call(labels, {self._objective.embedding_output: triplets,
+                                                        self._objective.vote_output: anchor_logits})
             loss = tf.nn.compute_average_loss(per_triplet, global_batch_size=self.cfg.data.batch_size)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         self.apply_gradients(tape, loss, model, optimizer, metrics)
         metrics["loss"].update_state(loss * replicas)
         metrics["accuracy"].update_state(labels, anchor_logits)
+        triplet = self._objective.triplet.call(labels, tf.stop_gradient(triplets))
         metrics["active_triplets"].update_state(tf.cast(triplet > 0, tf.float32))
 
     # -- evaluation ---------------------------------------------------------------------------------
