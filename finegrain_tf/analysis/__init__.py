@@ -10,15 +10,22 @@ Module names differ from the functions exported here, so `finegrain_tf.analysis.
 function and every module stays importable by its own name.
 """
 
-from finegrain_tf.analysis.dataset_granularity import granularity
-from finegrain_tf.analysis.emd_similarity import (SourceSelection, domain_similarity, emd_distance,
-                                                  select_source_classes, union_source_classes,
-                                                  write_class_list)
-from finegrain_tf.analysis.features import class_means, extract_features
-from finegrain_tf.analysis.kernel_approx import approximation_error_sweep, kernel_approximation_error
+import importlib
 
-__all__ = [
-    "granularity", "SourceSelection", "domain_similarity", "emd_distance", "select_source_classes",
-    "union_source_classes", "write_class_list", "class_means", "extract_features",
-    "approximation_error_sweep", "kernel_approximation_error",
-]
+# Imported on first use: `finegrain-analyze --help` and `import finegrain_tf.analysis.main` then do
+# not pay for TensorFlow / POT.
+_EXPORTS = {
+    "granularity": "dataset_granularity",
+    "SourceSelection": "emd_similarity", "domain_similarity": "emd_similarity",
+    "emd_distance": "emd_similarity", "select_source_classes": "emd_similarity",
+    "union_source_classes": "emd_similarity", "write_class_list": "emd_similarity",
+    "class_means": "features", "extract_features": "features",
+    "approximation_error_sweep": "kernel_approx", "kernel_approximation_error": "kernel_approx",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

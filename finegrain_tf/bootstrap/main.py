@@ -27,8 +27,6 @@ from absl import app, flags
 
 from finegrain_tf.utils import cli
 
-from finegrain_tf.utils import cli
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Folder of the rounds' state (created; rerun to resume).")
 flags.DEFINE_string("seed_manifest", None, "S_0: CSV/JSONL manifest of path,label.")

@@ -12,7 +12,6 @@ import sys
 
 from absl import app, flags
 
-from finegrain_tf.serving.client import format_table
 from finegrain_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -109,6 +108,8 @@ def main(argv):
         if path in failed:
             sys.stderr.write(f"finegrain-predict: {path}: {failed[path]}\n")
     if answered:
+        from finegrain_tf.serving.client import format_table  # TensorFlow: not needed for --help
+
         sys.stdout.write(format_table(answered, FLAGS.signature, outputs, FLAGS.k) + "\n")
     if failed:
         sys.exit(1)
