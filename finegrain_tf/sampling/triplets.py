@@ -103,21 +103,22 @@ def _class_negatives(x, labels, anchors, positives, margin, negatives, rng, bloc
             chosen[closer] = cols[j[closer]]
         keep = best < d_ap + margin
         return keep, chosen
-    # Candidates are visited in a fresh random order, so the first acceptable one is a uniform draw
-    # among the acceptable negatives of each anchor. Blocks of the permuted pool are scanned until
-    # every anchor has one: exact, and cheap while acceptable negatives are plentiful.
-    perm = rng.permutation(n)
-    todo = np.arange(len(anchors))
+    # Every (anchor, acceptable negative) pair gets an independent uniform key and each anchor keeps
+    # its largest key over all blocks: a uniform draw among that anchor's acceptable negatives,
+    # independent across anchors. (Taking the first acceptable column of one shared random order is
+    # uniform per anchor but gives most anchors of a round the same one or two negatives.)
+    best = np.full(len(anchors), -1.0)
     for b0 in range(0, n, block_size):
-        cols = perm[b0:b0 + block_size]
-        ok = labels[cols][None, :] != labels[anchors[todo]][:, None]
+        cols = np.arange(b0, min(n, b0 + block_size))
+        ok = labels[cols][None, :] != labels[anchors][:, None]
         if negatives == "violating":
-            ok &= _sq_dists(x[anchors[todo]], x[cols]) < (d_ap[todo] + margin)[:, None]
-        found = ok.any(axis=1)
-        chosen[todo[found]] = cols[ok.argmax(axis=1)[found]]
-        todo = todo[~found]
-        if not len(todo):
-            break
+            ok &= _sq_dists(x[anchors], x[cols]) < (d_ap + margin)[:, None]
+        keys = np.where(ok, rng.random(ok.shape), -1.0)
+        j = keys.argmax(axis=1)
+        key = keys[np.arange(len(anchors)), j]
+        better = key > best
+        best[better] = key[better]
+        chosen[better] = cols[j[better]]
     return chosen >= 0, chosen
 
 

@@ -111,6 +111,24 @@ def test_negatives_uniform_among_violators():
     np.testing.assert_allclose(freq, 0.25, atol=0.1)
 
 
+@pytest.mark.parametrize("negatives,block_size", [("random", 4096), ("violating", 4096), ("violating", 3)])
+def test_negatives_are_drawn_independently_per_anchor(negatives, block_size):
+    # 300 anchors of class 0, 5 candidate negatives (class 1) spread over the pool, all acceptable
+    # (margin 100 makes every one violate). Independent uniform draws give each candidate 60 +- 7
+    # of the 300 anchors in ONE round. A draw that is uniform per anchor but shared across anchors
+    # (the first acceptable item of one random order) gives one candidate almost all of them, so
+    # training pushes away a handful of images and learns nothing about the classes.
+    labels = np.zeros(305, np.int64)
+    candidates = np.array([3, 70, 150, 222, 301])
+    labels[candidates] = 1
+    x = np.random.default_rng(0).normal(size=(305, 4)).astype(np.float32) * 0.01
+    t = sample_triplets(x, labels, 1.0, 100.0, negatives=negatives, seed=1, block_size=block_size)
+    from_class_0 = labels[t.anchors] == 0
+    assert from_class_0.sum() == 300
+    counts = np.array([np.sum(t.negatives[from_class_0] == c) for c in candidates])
+    assert counts.sum() == 300 and counts.min() >= 30 and counts.max() <= 90, counts
+
+
 def test_human_hard_negative_mix_ratio():
     x, labels = data()
     rng = np.random.default_rng(0)
