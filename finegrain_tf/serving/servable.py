@@ -128,6 +128,10 @@ class SessionServable:
         self.graph = tf.Graph()
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=num_threads,
                                           inter_op_parallelism_threads=num_threads)
+        # Idle TF pool threads spin before sleeping; with gRPC threads sharing the cores that spinning
+        # cost ~1 ms CPU per batch-1 request (benchmarks/load_test.py). It only applies where this
+        # session creates the process's pools (no eager op ran before it), as in the dev server.
+        config.experimental.disable_thread_spinning = True
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default(), _quiet_tf_deprecations():
             self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], export_dir)
