@@ -49,6 +49,13 @@ def test_verdict_similar(kps):
     assert kps.verdict_similar([0.80, 0.82, 0.79], [0.70, 0.71, 0.70])[0] == "no"
 
 
+def test_verdict_at_least(kps):
+    assert kps.verdict_at_least([0.70, 0.74, 0.69], [0.60, 0.66, 0.64])[0] == "yes"
+    assert kps.verdict_at_least([0.60, 0.66, 0.64], [0.60, 0.66, 0.64])[0] == "partly"  # equal
+    assert kps.verdict_at_least([0.60, 0.70, 0.64], [0.70, 0.66, 0.69])[0] == "partly"  # < 0, noisy
+    assert kps.verdict_at_least([0.60, 0.66, 0.64], [0.70, 0.74, 0.69])[0] == "no"
+
+
 def test_plateau_change(kps):
     assert kps.plateau_change([0.1] * 5 + [0.5] * 10) == pytest.approx(0.0)
     assert kps.plateau_change(list(range(10)), k=5) == pytest.approx(5.0)
