@@ -7,7 +7,15 @@ medians), and prints images/s side by side with the ratio to the plain pipeline:
   pipeline  build_datasets' eval stream (bounded decode, skip counting with a sentinel, centre crop)
 Also times the refusal of the 429-byte 1 x 120000 PNG of issue 11 against decoding it without bounds.
 
+Issue 16 (the input pipeline must never be the bottleneck of ResNet-50 at 224 on 2 cores): the
+train stream of the image-folder loader (`build_datasets`: read, bounded decode, skip counting,
+random-resized-crop / flip augmentation at 224, batching; --train_batches batches of --step_batch)
+against ResNet-50 (weights=None) train steps at 224 on the same batch size (forward, backward, SGD
+update in one tf.function), alternated in one process for --rounds rounds; prints images/s of each
+(median over rounds) and their ratio, with the load average.
+
 Usage: python benchmarks/bench_input_pipeline.py [--images=200 --size=256 --rounds=3]
+       python benchmarks/bench_input_pipeline.py --noresnet   # pipeline figures only
 """
 
 import os
@@ -28,6 +36,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("images", 200, "JPEG files in the folder (two classes)")
 flags.DEFINE_integer("size", 256, "image side")
 flags.DEFINE_integer("rounds", 3, "interleaved rounds")
+flags.DEFINE_boolean("resnet", True, "time the train stream against ResNet-50 train steps at 224")
+flags.DEFINE_integer("step_batch", 8, "batch size of the train stream and the ResNet-50 step")
+flags.DEFINE_integer("train_batches", 8, "train-stream batches per timed pass")
+flags.DEFINE_integer("resnet_steps", 2, "ResNet-50 steps per round")
 
 
 def _folder(root: str) -> list:
@@ -48,6 +60,54 @@ def _pass(ds) -> float:
     for _ in ds:
         pass
     return time.perf_counter() - start
+
+
+def _train_stream_vs_resnet(root: str) -> None:
+    """images/s of the folder loader's train stream vs ResNet-50 train steps at 224, alternated."""
+    import keras
+    batch = FLAGS.step_batch
+    train, _, _ = pipeline.build_datasets(DataConfig(name="folder", data_dir=root, image_size=224,
+                                                     batch_size=batch))
+    model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3), classes=2)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=False)
+    images = tf.random.uniform((batch, 224, 224, 3))
+    labels = tf.zeros((batch,), tf.int64)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                      model.trainable_variables))
+        return loss
+
+    def stream() -> float:  # a fresh iterator each pass: its start-up is part of the cost
+        start = time.perf_counter()
+        for _ in train.take(FLAGS.train_batches):
+            pass
+        return FLAGS.train_batches * batch / (time.perf_counter() - start)
+
+    def steps() -> float:
+        start = time.perf_counter()
+        for _ in range(FLAGS.resnet_steps):
+            float(train_step(images, labels))
+        return FLAGS.resnet_steps * batch / (time.perf_counter() - start)
+
+    stream(), steps()  # warm-up: tracing
+    load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    rates = {"train stream": [], "ResNet-50 step": []}
+    for r in range(FLAGS.rounds):
+        for name, fn in (("train stream", stream), ("ResNet-50 step", steps))[::1 if r % 2 == 0 else -1]:
+            rates[name].append(fn())
+    load_after = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    pipe, step = (float(np.median(rates[k])) for k in ("train stream", "ResNet-50 step"))
+    print(f"train stream (decode + augment at 224, batch {batch}) vs ResNet-50 train step at 224, "
+          f"{FLAGS.rounds} alternating rounds, load average {load_before} -> {load_after}:")
+    for name, values in rates.items():
+        print(f"  {name:15s} {float(np.median(values)):8.1f} images/s   (rounds: "
+              + ", ".join(f"{v:.1f}" for v in values) + ")")
+    print(f"  the pipeline delivers {pipe / step:.0f}x the images/s the ResNet-50 step consumes")
 
 
 def _png_1x120000() -> bytes:
@@ -86,6 +146,8 @@ def main(argv):
         for name, t in times.items():
             med = float(np.median(t))
             print(f"  {name:9s} {FLAGS.images / med:8.1f} images/s   x{med / base:.2f} of plain")
+        if FLAGS.resnet:
+            _train_stream_vs_resnet(root)
 
     bomb = tf.constant(_png_1x120000())
     refuse = tf.function(lambda b: decode.decode_image(b))

@@ -11,6 +11,7 @@ round reports the median of its calls, and the summary the median over rounds of
     python benchmarks/bench_kernel_pooling.py --xla                # also the layer jit-compiled
     python benchmarks/bench_kernel_pooling.py --profile --sizes 14 --noresnet  # per-op-type times
     python benchmarks/bench_kernel_pooling.py --baselines          # count sketch / gradient variants
+    python benchmarks/bench_kernel_pooling.py --noresnet --sizes 14 --xla_variants  # XLA alternatives
 
 Printed: ResNet-50 (weights=None, include_top=False) fwd+bwd at 448 (batch 2), the layer on 14x14
 (448 / 32) and 28x28 maps of 2048 channels, and the ratio. All float32.
@@ -41,6 +42,47 @@ flags.DEFINE_boolean("xla", False, "Also time the layer step with jit_compile=Tr
 flags.DEFINE_boolean("resnet_xla", False, "Also time ResNet-50 with jit_compile=True (slow to compile).")
 flags.DEFINE_boolean("baselines", False, "Also time count-sketch and gradient variants (14x14 only).")
 flags.DEFINE_boolean("profile", False, "Print per-op-type times of the layer step (TF graph trace).")
+flags.DEFINE_boolean("xla_variants", False, "Also time, jit-compiled, the alternatives to the library's "
+                     "XLA count sketch (row scatter + transposes, one-hot matmul) and to rfft (a DFT "
+                     "matmul), 14x14 only.")
+
+
+def xla_variants(x, layer, b, c, d):
+    """jit-compiled candidates for the count sketch of all sketches (fwd+bwd, location-major
+    [N, d] outputs as the FFT needs them) and for rfft at length d over all N locations."""
+    import numpy as np
+    import tensorflow as tf
+
+    from finegrain_tf.ops import tensor_sketch as ts
+    hashes = [tf.convert_to_tensor(h) for h in layer._hash_vars]
+    signs = [tf.convert_to_tensor(s) for s in layer._sign_vars]
+    h, s = hashes[0], signs[0]
+    m = int(h.shape[0])
+    rows = lambda v: tf.reshape(v, [-1, c])  # noqa: E731
+
+    def row_scatter(v):  # the previous XLA path: rows of x^T scattered into [m d, N], transposed
+        xt = tf.transpose(rows(v))
+        updates = tf.reshape(xt[None] * s[:, :, None], [m * c, -1])
+        bins = tf.reshape(h + tf.range(m)[:, None] * d, [-1])
+        fused = tf.math.unsorted_segment_sum(updates, bins, m * d)
+        return tf.transpose(tf.reshape(fused, [m, d, -1]), [2, 0, 1])
+
+    def one_hot_matmul(v):  # a dense +-1 [c, m d] matrix: 2 c m d flops per location
+        dense = tf.concat([tf.one_hot(h[t], d) * s[t][:, None] for t in range(m)], 1)
+        return tf.matmul(rows(v), dense)
+
+    angles = 2 * np.pi * np.outer(np.arange(d), np.arange(d // 2 + 1)) / d
+    dft = tf.constant(np.concatenate([np.cos(angles), -np.sin(angles)], 1), tf.float32)  # [d, 2F]
+    signal = tf.random.uniform((b * x.shape[1] * x.shape[2], d))
+    fns = {
+        "  xla count sketch, library": fwd_bwd(lambda v: ts.count_sketch(rows(v), hashes, signs, [d])[0],
+                                               x, [], jit=True),
+        "  xla count sketch, rows + transpose": fwd_bwd(row_scatter, x, [], jit=True),
+        "  xla count sketch, one-hot matmul": fwd_bwd(one_hot_matmul, x, [], jit=True),
+        "  xla rfft [N, d]": fwd_bwd(lambda v: tf.abs(tf.signal.rfft(v)), signal, [], jit=True),
+        "  xla DFT matmul [N, d] x [d, 2F]": fwd_bwd(lambda v: tf.matmul(v, dft), signal, [], jit=True),
+    }
+    return fns
 
 
 def fwd_bwd(fn, x, variables, jit=False):
@@ -59,22 +101,31 @@ def fwd_bwd(fn, x, variables, jit=False):
     return lambda: float(step(x))
 
 
-def interleaved_medians(fns: dict, calls: int, rounds: int) -> list[dict]:
-    """[{name: median seconds of `calls` calls}] per round; candidates called in turn."""
+def interleaved_medians(fns: dict, calls: int, rounds: int) -> tuple[list[dict], list[dict]]:
+    """Per round {name: median wall seconds of `calls` calls} and {name: median CPU seconds}.
+
+    Candidates are called in turn, in reversed order every other call. The process CPU time
+    (`time.process_time`, all threads) is the work a call did; on a shared machine it is far less
+    sensitive than the wall time to other jobs taking the cores away mid-call.
+    """
     import numpy as np
     for fn in fns.values():
         fn()
         fn()
-    out = []
+    walls, cpus = [], []
+    names = list(fns)
     for _ in range(rounds):
-        times = {name: [] for name in fns}
-        for _ in range(calls):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        out.append({name: float(np.median(t)) for name, t in times.items()})
-    return out
+        wall = {name: [] for name in fns}
+        cpu = {name: [] for name in fns}
+        for i in range(calls):
+            for name in (names if i % 2 == 0 else names[::-1]):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fns[name]()
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        walls.append({name: float(np.median(t)) for name, t in wall.items()})
+        cpus.append({name: float(np.median(t)) for name, t in cpu.items()})
+    return walls, cpus
 
 
 def profile_ops(layer, x, repeats=5):
@@ -169,21 +220,35 @@ def main(argv):
             cbp = CompactBilinearPooling(dim=c + (FLAGS.order - 1) * FLAGS.dim)
             cbp.build(x.shape)
             fns[f"compact bilinear d={cbp.dim}"] = fwd_bwd(cbp, x, [])
-    rounds = interleaved_medians(fns, FLAGS.calls, FLAGS.rounds)
+        if FLAGS.xla_variants and side == 14:
+            fns.update(xla_variants(x, layer, b, c, FLAGS.dim))
+    print("load average before timing:", _load())
+    rounds, cpu_rounds = interleaved_medians(fns, FLAGS.calls, FLAGS.rounds)
+    print("load average after timing:", _load())
     ref = "resnet50@448" if FLAGS.resnet else None
-    for i, medians in enumerate(rounds):
-        print(f"round {i + 1}:")
+    for i, (medians, cpus) in enumerate(zip(rounds, cpu_rounds)):
+        print(f"round {i + 1} (median wall / median CPU time per call):")
         for name, sec in medians.items():
-            ratio = f"  {100 * sec / medians[ref]:6.2f} % of ResNet-50" if ref and name != ref else ""
-            print(f"  {name:36s} {1000 * sec:9.1f} ms{ratio}")
+            ratio = ""
+            if ref and name != ref:
+                ratio = (f"  {100 * sec / medians[ref]:6.2f} % of ResNet-50 (wall), "
+                         f"{100 * cpus[name] / cpus[ref]:6.2f} % (CPU)")
+            print(f"  {name:36s} {1000 * sec:9.1f} ms {1000 * cpus[name]:9.1f} ms CPU{ratio}")
     if ref:
         print("summary (median over rounds of the per-round ratio to ResNet-50 fwd+bwd @448):")
         for name in fns:
-            if name.startswith("resnet50@448") and name == ref:
+            if name == ref:
                 continue
             ratios = [100 * r[name] / r[ref] for r in rounds]
-            print(f"  {name:36s} {np.median(ratios):6.2f} %   (rounds: "
-                  + ", ".join(f"{v:.2f}" for v in ratios) + ")")
+            cpu_ratios = [100 * r[name] / r[ref] for r in cpu_rounds]
+            print(f"  {name:36s} wall {np.median(ratios):6.2f} %  (rounds: "
+                  + ", ".join(f"{v:.2f}" for v in ratios)
+                  + f");  CPU {np.median(cpu_ratios):6.2f} %  (rounds: "
+                  + ", ".join(f"{v:.2f}" for v in cpu_ratios) + ")")
+
+
+def _load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 if __name__ == "__main__":
