@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 
@@ -58,6 +59,8 @@ flags.DEFINE_string("output_dir", "studies/results", "where metric_learning.json
 flags.DEFINE_string("run_dir", "runs/studies/metric_learning", "where the training runs go")
 flags.DEFINE_string("config_dir", "configs", "directory of the metric_*.yaml configs")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "fine-tuning seeds (train.seed = data.seed)")
+flags.DEFINE_string("pretrained_dir", "", "reuse this finished pre-training run (made by this script with "
+                    "PRETRAIN_SET) instead of training it again")
 flags.DEFINE_bool("smoke", False, "1 seed, a few steps; results go to <run_dir>_smoke, not output_dir")
 
 METHODS = ("softmax", "softmax_hns", "softmax_hnm", "triplet_naive", "triplet_hn", "triplet_m",
@@ -84,12 +87,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def train(config: str, overrides: list) -> dict:
-    """One `finegrain-train --config <config> --set ...` run, in this process; its eval report."""
+def train(config: str, overrides: list, model_dir: str) -> dict:
+    """One fresh `finegrain-train --config <config> --set ...` run, in this process; its eval report.
+    A previous run in `model_dir` is removed first (the loop would otherwise resume from it)."""
     from finegrain_tf.train import loop
     from finegrain_tf.train.config import build_config
 
-    return loop.train(build_config([config], overrides + ["train.plots=false"])).report
+    shutil.rmtree(model_dir, ignore_errors=True)
+    cfg = build_config([config], overrides + ["train.plots=false", f"train.model_dir={model_dir}"])
+    return loop.train(cfg).report
 
 
 def save_embeddings(model_dir: str, path: str) -> None:
@@ -206,11 +212,16 @@ def main(argv):
     pretrain_set = PRETRAIN_SET + (["train.steps=4"] if FLAGS.smoke else [])
     run_dir = FLAGS.run_dir + ("_smoke" if FLAGS.smoke else "")
     runs = {m: [] for m in METHODS}
-    pre_dir = os.path.join(run_dir, "pretrain")
     t0 = time.time()
-    report = train(os.path.join(FLAGS.config_dir, "metric_pretrain.yaml"),
-                   pretrain_set + [f"train.model_dir={pre_dir}"])
-    pretrain = {"top1": report["top1"], "chance_top1": 1 / 32, "seconds": round(time.time() - t0, 1)}
+    if FLAGS.pretrained_dir:
+        pre_dir = FLAGS.pretrained_dir
+        with open(os.path.join(pre_dir, "eval_report.json")) as f:
+            report = json.load(f)
+    else:
+        pre_dir = os.path.join(run_dir, "pretrain")
+        report = train(os.path.join(FLAGS.config_dir, "metric_pretrain.yaml"), pretrain_set, pre_dir)
+    pretrain = {"top1": report["top1"], "chance_top1": 1 / 32, "seconds": round(time.time() - t0, 1),
+                "run": pre_dir}
     print(f"pre-training (32 disjoint classes) top-1 {100 * report['top1']:.1f} %", flush=True)
     weights = os.path.join(pre_dir, "backbone.weights.h5")
     for seed in seeds:
@@ -219,7 +230,7 @@ def main(argv):
             t0 = time.time()
             model_dir = os.path.join(run_dir, f"seed{seed}", method)
             report = train(os.path.join(FLAGS.config_dir, f"metric_{method}.yaml"),
-                           common + method_set + [f"model.weights={weights}", f"train.model_dir={model_dir}"])
+                           common + method_set + [f"model.weights={weights}"], model_dir)
             runs[method].append({"seed": seed, "top1": report["top1"], "steps": report["train_steps"],
                                  "seconds": round(time.time() - t0, 1)})
             if seed == seeds[0] and not FLAGS.smoke:
@@ -246,6 +257,10 @@ def main(argv):
         "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
         "claims": claims(per_seed),
         "design_changes": [],
+        "notes": ["The first launch of this design reused stale checkpoints of an earlier study in the same "
+                  "run folder (the loop resumes); it was stopped before any of its method results were used, "
+                  "runs now start from an emptied folder, and its fresh pre-training run (this PRETRAIN_SET) "
+                  "is reused with --pretrained_dir."] if FLAGS.pretrained_dir else [],
     }
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "metric_learning.json"), "w") as f:
