@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,6 +38,11 @@ DEFAULTS = dict(num_classes=40, num_superclasses=8, train_per_class=40, test_per
 BN_MOMENTUM = 0.9
 COARSE_EPOCHS = 25
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def design_text(doc: str) -> str:
+    """The "Design" paragraph of a study's docstring (up to its usage line), for the JSON."""
+    return doc.split("Design", 1)[1].split("python studies")[0].strip()
 
 
 def define_flags(default_seeds=("0", "1", "2")) -> None:
@@ -157,3 +163,26 @@ def coarse_reports(setups) -> dict:
     """The plateau check of the coarse CNNs: per-seed train/test accuracy and chance, for a JSON."""
     return {"what": "small CNN trained on the 8 coarse labels; top-1 on the coarse labels",
             "per_seed": {str(s.seed): s.report for s in setups}}
+
+
+def run_over_seeds(name: str, doc: str, run_seed, claims, plot, design_changes: list, extra: dict | None = None):
+    """The shared main of the coarse-CNN studies: `run_seed(setup)` for the coarse setup of every --seeds
+    seed, then `<name>.json` (design, coarse CNNs' accuracies, per-seed results, `claims(per_seed)`,
+    design changes, wall and CPU seconds) and `plot(per_seed, setups, png_path)` in --output_dir."""
+    FLAGS = flags.FLAGS
+    t0, cpu0 = time.time(), time.process_time()
+    setups, per_seed = [], {}
+    for seed in (int(s) for s in FLAGS.seeds):
+        setup = coarse_setup(seed, FLAGS.cache_dir)
+        setups.append(setup)
+        per_seed[str(seed)] = run_seed(setup)
+    result = {"design": design_text(doc), "coarse_cnn": coarse_reports(setups), **(extra or {}),
+              "per_seed": per_seed, "claims": claims(per_seed), "design_changes": design_changes}
+    result["seconds"] = time.time() - t0
+    result["cpu_seconds"] = time.process_time() - cpu0  # all threads: an idle 2-core wall is at least half
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.output_dir, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    plot(per_seed, setups, os.path.join(FLAGS.output_dir, f"{name}.png"))
+    print(json.dumps({k: result[k] for k in ("coarse_cnn", "claims", "seconds", "cpu_seconds")}, indent=1))
+    return result

@@ -21,10 +21,8 @@ Design (fixed before the rerun; the earlier run used one CNN / one data seed and
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
-import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +128,7 @@ def claims(per_seed: dict) -> list:
     ]
 
 
-def plot(per_seed: dict, path: str) -> None:
+def plot(per_seed: dict, setups, path: str) -> None:
     seeds = sorted(per_seed)
     with plotting.style():
         fig, axes = plotting.figure(ncols=2)
@@ -156,22 +154,10 @@ def plot(per_seed: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    t0 = time.time()
-    setups, per_seed = [], {}
-    for seed in (int(s) for s in FLAGS.seeds):
-        setup = common.coarse_setup(seed, FLAGS.cache_dir)
-        setups.append(setup)
-        per_seed[str(seed)] = run_seed(setup, FLAGS.orders, FLAGS.max_pairs)
-    result = {"design": __doc__.split("Design")[1].split("python studies")[0].strip(),
-              "coarse_cnn": common.coarse_reports(setups), "per_seed": per_seed, "claims": claims(per_seed),
-              "design_changes": ["rerun over 3 seeds (data + CNN) with 200 random class pairs per seed instead of "
-                                 "all 780 of one seed; CNN batch-norm momentum 0.9 and 25 epochs (granularity_common)"]}
-    result["seconds"] = time.time() - t0
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "granularity_difficulty.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    plot(per_seed, os.path.join(FLAGS.output_dir, "granularity_difficulty.png"))
-    print(json.dumps({k: result[k] for k in ("coarse_cnn", "claims", "seconds")}, indent=1))
+    common.run_over_seeds(
+        "granularity_difficulty", __doc__, lambda setup: run_seed(setup, FLAGS.orders, FLAGS.max_pairs), claims, plot,
+        ["rerun over 3 seeds (data + CNN) with 200 random class pairs per seed instead of all 780 of one seed; CNN "
+         "batch-norm momentum 0.9 and 25 epochs (granularity_common)"])
 
 
 if __name__ == "__main__":

@@ -18,10 +18,8 @@ Design (fixed before the rerun; the earlier run used one CNN / one data seed):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +99,7 @@ def claims(per_seed: dict) -> list:
                     "no steady rise beyond seed noise for " + ", ".join(f for f, ok in verdicts.items() if not ok)}]
 
 
-def plot(per_seed: dict, path: str) -> None:
+def plot(per_seed: dict, setups, path: str) -> None:
     seeds = sorted(per_seed)
     with plotting.style():
         fig, axes = plotting.figure(ncols=3)
@@ -119,22 +117,10 @@ def plot(per_seed: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    t0 = time.time()
-    setups, per_seed = [], {}
-    for seed in (int(s) for s in FLAGS.seeds):
-        setup = common.coarse_setup(seed, FLAGS.cache_dir)
-        setups.append(setup)
-        per_seed[str(seed)] = run_seed(setup)
-    result = {"design": __doc__.split("Design")[1].split("python studies")[0].strip(),
-              "coarse_cnn": common.coarse_reports(setups), "per_seed": per_seed, "claims": claims(per_seed),
-              "design_changes": ["rerun over 3 seeds (data + CNN + noise draws) instead of one; CNN batch-norm "
-                                 "momentum 0.9 and 25 epochs (granularity_common)"]}
-    result["seconds"] = time.time() - t0
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "granularity_nuisance.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    plot(per_seed, os.path.join(FLAGS.output_dir, "granularity_nuisance.png"))
-    print(json.dumps({k: result[k] for k in ("coarse_cnn", "claims", "seconds")}, indent=1))
+    common.run_over_seeds(
+        "granularity_nuisance", __doc__, run_seed, claims, plot,
+        ["rerun over 3 seeds (data + CNN + noise draws) instead of one; CNN batch-norm momentum 0.9 and 25 epochs "
+         "(granularity_common)"])
 
 
 if __name__ == "__main__":

@@ -19,10 +19,8 @@ Design (fixed before the rerun; the earlier run used one CNN / one data seed and
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +61,16 @@ def increment_cv(curve) -> float:
     return float(np.std(steps) / abs(np.mean(steps))) if np.mean(steps) != 0 else float("inf")
 
 
+def run_seed(setup, orders: int) -> dict:
+    curves = relabel_curves(setup.features, setup.data.labels["test"], setup.data.superclass_of, orders,
+                            np.random.default_rng(setup.seed))
+    return {"mean_curve": {m: c.mean(axis=0).tolist() for m, c in curves.items()},
+            "std_over_orders": {m: c.std(axis=0, ddof=1).tolist() for m, c in curves.items()},
+            "fraction_of_steps_increasing": {m: float(np.mean(np.diff(c, axis=1) > 0)) for m, c in curves.items()},
+            "mean_curve_monotone": {m: bool(np.all(np.diff(c.mean(axis=0)) > 0)) for m, c in curves.items()},
+            "increment_cv": {m: increment_cv(c.mean(axis=0)) for m, c in curves.items()}}
+
+
 def cifar100_on_disk() -> bool:
     """Whether tfds already has CIFAR-100 prepared locally (this study never downloads)."""
     try:
@@ -100,7 +108,7 @@ def claims(per_seed: dict) -> list:
     ]
 
 
-def plot(per_seed: dict, path: str) -> None:
+def plot(per_seed: dict, setups, path: str) -> None:
     seeds = sorted(per_seed)
     with plotting.style():
         fig, axes = plotting.figure(ncols=4, panel_size=(3.4, 3.0))
@@ -116,33 +124,15 @@ def plot(per_seed: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    t0 = time.time()
-    setups, per_seed = [], {}
-    for seed in (int(s) for s in FLAGS.seeds):
-        setup = common.coarse_setup(seed, FLAGS.cache_dir)
-        setups.append(setup)
-        curves = relabel_curves(setup.features, setup.data.labels["test"], setup.data.superclass_of,
-                                FLAGS.orders, np.random.default_rng(seed))
-        per_seed[str(seed)] = {
-            "mean_curve": {m: c.mean(axis=0).tolist() for m, c in curves.items()},
-            "std_over_orders": {m: c.std(axis=0, ddof=1).tolist() for m, c in curves.items()},
-            "fraction_of_steps_increasing": {m: float(np.mean(np.diff(c, axis=1) > 0)) for m, c in curves.items()},
-            "mean_curve_monotone": {m: bool(np.all(np.diff(c.mean(axis=0)) > 0)) for m, c in curves.items()},
-            "increment_cv": {m: increment_cv(c.mean(axis=0)) for m, c in curves.items()}}
-    result = {"design": __doc__.split("Design")[1].split("python studies")[0].strip(),
-              "coarse_cnn": common.coarse_reports(setups), "orders_per_seed": FLAGS.orders,
-              "num_samples": int(setups[0].data.labels["test"].size), "per_seed": per_seed,
-              "claims": claims(per_seed),
-              "design_changes": ["rerun over 3 seeds (data + CNN) with 6 orders each instead of one seed with 30 "
-                                 "orders; CNN batch-norm momentum 0.9 and 25 epochs (granularity_common)"],
-              "cifar100": "prepared in tfds but not processed by this CPU-scale study" if cifar100_on_disk()
-                          else "not on disk (no download); skipped"}
-    result["seconds"] = time.time() - t0
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "granularity_relabel.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    plot(per_seed, os.path.join(FLAGS.output_dir, "granularity_relabel.png"))
-    print(json.dumps({k: result[k] for k in ("coarse_cnn", "claims", "seconds")}, indent=1))
+    common.run_over_seeds(
+        "granularity_relabel", __doc__,
+        lambda setup: run_seed(setup, FLAGS.orders), claims, plot,
+        ["rerun over 3 seeds (data + CNN) with 6 orders each instead of one seed with 30 orders; CNN batch-norm "
+         "momentum 0.9 and 25 epochs (granularity_common)"],
+        extra={"orders_per_seed": FLAGS.orders,
+               "num_samples": common.DEFAULTS["num_classes"] * common.DEFAULTS["test_per_class"],
+               "cifar100": "prepared in tfds but not processed by this CPU-scale study" if cifar100_on_disk()
+                           else "not on disk (no download); skipped"})
 
 
 if __name__ == "__main__":

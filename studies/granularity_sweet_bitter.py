@@ -19,10 +19,8 @@ Design (fixed before the rerun; the earlier run used one CNN / one data seed):
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,11 +101,12 @@ def claims(per_seed: dict) -> list:
     ]
 
 
-def plot(per_seed: dict, setup, k: int, path: str) -> None:
+def plot(per_seed: dict, setups, path: str) -> None:
     """The sweet and bitter classes of the first seed (one test image each) and the RankM bars over seeds."""
     import matplotlib.pyplot as plt
 
     seeds = sorted(per_seed)
+    setup, k = setups[0], FLAGS.k
     first = per_seed[str(setup.seed)]
     images, fine = setup.data.images["test"], setup.data.labels["test"]
     with plotting.style():
@@ -134,23 +133,11 @@ def plot(per_seed: dict, setup, k: int, path: str) -> None:
 
 def main(argv):
     del argv
-    t0 = time.time()
-    setups, per_seed = [], {}
-    for seed in (int(s) for s in FLAGS.seeds):
-        setup = common.coarse_setup(seed, FLAGS.cache_dir)
-        setups.append(setup)
-        per_seed[str(seed)] = run_seed(setup, FLAGS.k, FLAGS.random)
-    result = {"design": __doc__.split("Design")[1].split("python studies")[0].strip(), "k": FLAGS.k,
-              "coarse_cnn": common.coarse_reports(setups), "per_seed": per_seed, "claims": claims(per_seed),
-              "design_changes": ["rerun over 3 seeds (data + CNN) instead of one; the coarse-labelled whole set added "
-                                 "as the 'coarse-grained dataset' reference; CNN batch-norm momentum 0.9 and 25 "
-                                 "epochs (granularity_common)"]}
-    result["seconds"] = time.time() - t0
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "granularity_sweet_bitter.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    plot(per_seed, setups[0], FLAGS.k, os.path.join(FLAGS.output_dir, "granularity_sweet_bitter.png"))
-    print(json.dumps({k: result[k] for k in ("coarse_cnn", "claims", "seconds")}, indent=1))
+    common.run_over_seeds(
+        "granularity_sweet_bitter", __doc__, lambda setup: run_seed(setup, FLAGS.k, FLAGS.random), claims, plot,
+        ["rerun over 3 seeds (data + CNN) instead of one; the coarse-labelled whole set added as the "
+         "'coarse-grained dataset' reference; CNN batch-norm momentum 0.9 and 25 epochs (granularity_common)"],
+        extra={"k": FLAGS.k})
 
 
 if __name__ == "__main__":
