@@ -168,3 +168,18 @@ def test_a_refresh_spreads_the_violating_negatives_over_the_pool():
     # and the table the input pipeline reads carries them
     table = task._table.numpy().reshape(-1, 3)
     assert len(np.unique(table[:, 2])) >= 0.5 * expected
+
+
+def test_triplet_images_are_the_tables_pool_items_under_data_augment():
+    # data.augment reaches the triplet pipeline: with the crop covering the whole 32 px image and no
+    # flip, each batch image is exactly its pool item, in the table's (anchor, positive, negative)
+    # order (a metric task that ignored data.augment would flip about half of them).
+    task, ds, model = built(toy("loss.triplet_weight=1.0", "data.resize_size=32",
+                                "data.augment.horizontal_flip=false"))
+    task.on_step(0, model)
+    images, labels = next(iter(ds))
+    b = task.cfg.data.batch_size
+    table = task._table.numpy()
+    want = task.pool.items[table[0].T.reshape(-1)].astype(np.float32)
+    np.testing.assert_array_equal(images.numpy(), want)
+    np.testing.assert_array_equal(labels.numpy(), task.pool.labels[table[0, :, 0]])

@@ -22,6 +22,8 @@ refresh still comes from the previous list, as in any quasi-online scheme.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -170,6 +172,7 @@ class MetricTask(ClassificationTask):
                                              -np.ones(len(self.pool) - self.pool.num_train, np.int64)]))
         load = self.pool.load_fn()
         size, resize = cfg.data.image_size, cfg.data.resize_size
+        augment = dataclasses.asdict(cfg.data.augment)  # the classification task's train augmentation
         seed = cfg.data.seed * 1009 + 17 + pipe
 
         def triplet_ids(i):
@@ -180,7 +183,7 @@ class MetricTask(ClassificationTask):
 
         def load_image(k, j):
             image = preprocessing.preprocess_train(load(j), size, resize,
-                                                   seed=tf.stack([tf.constant(seed, tf.int64), k]))
+                                                   seed=tf.stack([tf.constant(seed, tf.int64), k]), **augment)
             return image, tf.gather(labels, j)
 
         ds = tf.data.Dataset.range(2 ** 62).map(triplet_ids).unbatch().enumerate()
