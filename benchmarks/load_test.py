@@ -13,8 +13,9 @@ call, in N client threads:
           call) on the same prebuilt batch, the same SessionServable class the server runs;
   noop    the stock stub against a no-op PredictionService subprocess that returns the prebuilt
           response of this batch: the floor of Python gRPC (both processes) at this payload.
-It prints QPS, p50/p90/p99 latency, CPU time per request (this process + the server process, from
-psutil) and the ratios to `local`, the per-round p50 ratios, and the floor: local p50 + noop p50 and
+It prints QPS, p50/p90/p99 latency, CPU time per request (psutil: `cpu_here` of this process, i.e. the
+clients or the in-process session, `cpu_server` of the server process; `cpu` their sum) and the
+ratios to `local`, the per-round p50 ratios, and the floor: local p50 + noop p50 and
 local CPU + noop CPU per request, over local. Goal (issue 17 item 4): p50 <= 1.2x in-process.
 
 Like with like: both sessions are `SessionServable`s created as the first TF device of their process
@@ -135,23 +136,26 @@ class _Side:
     """Latencies, errors, wall and CPU time of one side, accumulated over rounds."""
 
     def __init__(self):
-        self.latencies, self.round_p50, self.errors, self.wall, self.cpu = [], [], 0, 0.0, 0.0
+        self.latencies, self.round_p50, self.errors, self.wall = [], [], 0, 0.0
+        self.cpu_here, self.cpu_server = 0.0, 0.0  # CPU seconds of this process / of the server process
 
-    def add(self, latencies, errors, wall, cpu):
+    def add(self, latencies, errors, wall, cpu_here, cpu_server):
         self.latencies.extend(latencies)
         self.round_p50.append(float(np.percentile(latencies, 50)) if len(latencies) else float("nan"))
         self.errors += len(errors)
         self.wall += wall
-        self.cpu += cpu
+        self.cpu_here += cpu_here
+        self.cpu_server += cpu_server
 
     def stats(self, batch: int) -> dict:
         lat, n = np.array(self.latencies), len(self.latencies)
         if n == 0:
             return {"n": 0, "errors": self.errors, **{k: float("nan") for k in
-                    ("qps", "images_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_ms")}}
+                    ("qps", "images_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_ms", "cpu_here_ms", "cpu_server_ms")}}
         return {"n": n, "errors": self.errors, "qps": n / self.wall, "images_per_s": n * batch / self.wall,
                 **{f"p{q}_ms": 1e3 * float(np.percentile(lat, q)) for q in (50, 90, 99)},
-                "cpu_ms": 1e3 * self.cpu / n}
+                "cpu_ms": 1e3 * (self.cpu_here + self.cpu_server) / n, "cpu_here_ms": 1e3 * self.cpu_here / n,
+                "cpu_server_ms": 1e3 * self.cpu_server / n}
 
 
 def _measure(calls: dict, processes: dict, batch: int) -> dict:
@@ -165,10 +169,10 @@ def _measure(calls: dict, processes: dict, batch: int) -> dict:
             call()
     for r in range(FLAGS.rounds):
         for side in SIDES[r % len(SIDES):] + SIDES[:r % len(SIDES)]:
-            watched = [me] + processes.get(side, [])
-            cpu0 = _cpu_seconds(watched)
+            server = processes.get(side, [])
+            here0, server0 = _cpu_seconds([me]), _cpu_seconds(server)
             lat, err, wall = _hammer(calls[side], FLAGS.clients, FLAGS.seconds / FLAGS.rounds)
-            sides[side].add(lat, err, wall, _cpu_seconds(watched) - cpu0)
+            sides[side].add(lat, err, wall, _cpu_seconds([me]) - here0, _cpu_seconds(server) - server0)
     return sides
 
 
@@ -177,17 +181,17 @@ def _report(results: dict, model_name: str, image_size: int):
           f"rounds, signature {FLAGS.signature!r}, model {model_name!r} ({image_size} px)")
     print("client = Client.predict, stub = stock stub with a prebuilt request (both to finegrain-serve over "
           "loopback gRPC), local = SessionServable.run in-process, noop = stock stub to a no-op server")
-    header = f"{'batch':>5} {'metric':>12}" + "".join(f"{s:>9}" for s in SIDES) + "".join(
-        f"{s + '/local':>12}" for s in SERVED)
+    header = f"{'batch':>5} {'metric':>13}" + "".join(f"{s:>9}" for s in SIDES) + "".join(
+        f"{s + '/local':>13}" for s in SERVED)
     print(header)
     print("-" * len(header))
     for batch, sides in results.items():
         stats = {side: sides[side].stats(batch) for side in SIDES}
-        for key in ("qps", "images_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_ms"):
+        for key in ("qps", "images_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_ms", "cpu_here_ms", "cpu_server_ms"):
             local = stats["local"][key]
-            print(f"{batch:>5} {key:>12}" + "".join(f"{stats[s][key]:>9.2f}" for s in SIDES) + "".join(
-                f"{stats[s][key] / local:>12.2f}" for s in SERVED))
-        print(f"{batch:>5} {'requests':>12}" + "".join(f"{stats[s]['n']:>9d}" for s in SIDES)
+            print(f"{batch:>5} {key:>13}" + "".join(f"{stats[s][key]:>9.2f}" for s in SIDES) + "".join(
+                f"{stats[s][key] / local if local else float('nan'):>13.2f}" for s in SERVED))
+        print(f"{batch:>5} {'requests':>13}" + "".join(f"{stats[s]['n']:>9d}" for s in SIDES)
               + "   errors " + "/".join(str(stats[s]["errors"]) for s in SIDES))
         for side in ("client", "stub"):
             ratios = np.array(sides[side].round_p50) / np.array(sides["local"].round_p50)

@@ -128,9 +128,9 @@ class SessionServable:
         self.graph = tf.Graph()
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=num_threads,
                                           inter_op_parallelism_threads=num_threads)
-        # Idle TF pool threads spin before sleeping; with gRPC threads sharing the cores that spinning
-        # cost ~1 ms CPU per batch-1 request (benchmarks/load_test.py). It only applies where this
-        # session creates the process's pools (no eager op ran before it), as in the dev server.
+        # Idle TF pool threads spin before sleeping: on a busy 2-core machine that cost ~0.5 ms CPU per
+        # batch-1 request of the load-test model (benchmarks/load_test.py), served and in-process alike.
+        # It applies where this session creates the process's pools (no eager op ran before), as in the server.
         config.experimental.disable_thread_spinning = True
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default(), _quiet_tf_deprecations():
