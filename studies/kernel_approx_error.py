@@ -167,8 +167,11 @@ def claims(records, family: str = SEED_LIKE_FAMILY, top_dim: int = 4096, order: 
     def fmt(values):
         return " -> ".join(f"{100 * v:.2f}" for v in values) + " %"
 
-    def verdict(ok):
-        return "yes" if all(ok.values()) else ("partly" if any(ok.values()) else "no")
+    def falls(ok: dict) -> dict:
+        """reproduced / why of a "the error falls along this axis" claim, from {gamma: monotone?}."""
+        bad = ", ".join(str(g) for g, good in ok.items() if not good)
+        return {"reproduced": "yes" if not bad else ("partly" if any(ok.values()) else "no"),
+                "why": f"not monotone at gamma {bad}" if bad else ""}
 
     return [
         {"claim": f"with d_bar = {top_dim}, p = {order} and a proper gamma, kernel pooling approximates the "
@@ -183,16 +186,12 @@ def claims(records, family: str = SEED_LIKE_FAMILY, top_dim: int = 4096, order: 
          "seed_figure": "Fig 3.6: error falls as d_bar grows (50 ... 5000)",
          "ours": f"p = {order}, d_bar = {', '.join(map(str, dims))}: {fmt(by_dim['est'])} (estimated gamma), "
                  f"{fmt(by_dim[best_gamma])} (gamma = {best_gamma:g}); means over n={len(at_est)} seeds, {family}",
-         "reproduced": verdict(dim_ok),
-         "why": "" if all(dim_ok.values()) else
-                "not monotone at gamma " + ", ".join(str(g) for g, ok in dim_ok.items() if not ok)},
+         **falls(dim_ok)},
         {"claim": "the approximation error goes down with increasing order p",
          "seed_figure": "Fig 3.6: error falls from p = 2 to p = 4",
          "ours": f"d_bar = {top_dim}, p = {', '.join(map(str, orders))}: {fmt(by_order['est'])} (estimated gamma), "
                  f"{fmt(by_order[best_gamma])} (gamma = {best_gamma:g}); {family}",
-         "reproduced": verdict(order_ok),
-         "why": "" if all(order_ok.values()) else
-                "not monotone at gamma " + ", ".join(str(g) for g, ok in order_ok.items() if not ok)},
+         **falls(order_ok)},
         {"claim": "gamma plays a key role in the approximation error",
          "seed_figure": "Fig 3.6: curves for several gamma differ by orders of magnitude",
          "ours": f"p = {order}, d_bar = {top_dim}, gamma = {', '.join(f'{g:g}' for g in gammas)}: {fmt(by_gamma)}; "
