@@ -21,7 +21,7 @@ local CPU + noop CPU per request, over local. Goal (issue 17 item 4): p50 <= 1.2
 Like with like: both sessions are `SessionServable`s created as the first TF device of their process
 (the demo export and the JPEG encoding run in a child process), so both get the same TF thread pools.
 
-    python benchmarks/load_test.py [--export_dir=<base>/<name>/<version>] [--clients=4 --seconds=12 --rounds=4]
+    python benchmarks/load_test.py [--export_dir=<base>/<name>/<version>] [--clients=4 --seconds=12 --rounds=12]
 
 Without --export_dir it exports the demo-sized model (small_cnn, 64 px, 20 classes, random weights).
 Loopback only; bounded by 4 x --seconds per batch size plus start-up.
@@ -47,7 +47,7 @@ flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to measure.")
 flags.DEFINE_integer("image_size", 64, "Input size of the default model.")
 flags.DEFINE_string("signature", "classify", "Signature to load-test (bytes input).")
 flags.DEFINE_list("server_flags", [], "Extra finegrain-serve flags (e.g. --tensorflow_session_parallelism=1).")
-flags.DEFINE_integer("rounds", 4, "Alternate the sides this many times per batch size (each round runs "
+flags.DEFINE_integer("rounds", 12, "Alternate the sides this many times per batch size (each round runs "
                      "--seconds / rounds per side, in a rotating order).")
 
 SIDES = ("client", "stub", "local", "noop")
