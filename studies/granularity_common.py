@@ -33,6 +33,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+# The studies run many small BLAS products (per-pair logistic regressions, per-class distances): on 2
+# shared cores a second BLAS thread only spins (DESIGN.md), so every study using this module runs with one.
+threadpool_limits(limits=1, user_api="blas")
 
 DEFAULTS = dict(num_classes=40, num_superclasses=8, train_per_class=40, test_per_class=30, image_size=32)
 BN_MOMENTUM = 0.9
