@@ -77,7 +77,7 @@ mean +- std over 3 seeds; gains are paired per seed.
 
     python studies/long_tail_study.py                      # full run, writes studies/results/
     python studies/long_tail_study.py --quick --output_dir /tmp/lt   # toy size, seconds
-    python studies/long_tail_study.py --replot             # plot again from the JSON
+    python studies/long_tail_study.py --replot             # plot (and rewrite the JSON) from the JSON
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ _WD = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on the kernel (n
 _SEEDS = flags.DEFINE_integer("seeds", 3, "training seeds (data draw, init, batch order)")
 _WORLDS = flags.DEFINE_list("worlds", list(WORLDS), "feature worlds to run")
 _QUICK = flags.DEFINE_bool("quick", False, "toy size for a smoke test: tiny worlds, 2 epochs, few configs")
-_REPLOT = flags.DEFINE_bool("replot", False, "only redraw the PNG from the existing JSON")
+_REPLOT = flags.DEFINE_bool("replot", False, "only redraw the PNG (and rewrite the JSON compactly) from the JSON")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,7 +528,8 @@ def make_claims(results: dict, worlds: list, ifs: list, betas=BETAS, gammas=GAMM
             focal = best_of(s, [n for n in s if n.startswith("focal_g")], "tuned")
             cb_focal = best_of(s, [n for n in s if n.startswith("cb_focal")], "tuned")
             form, weight = paired_gain(s, focal, "softmax", "tuned"), paired_gain(s, cb_focal, focal, "tuned")
-            parts.append(f"IF {f}: form ({focal} - softmax) {_pts(form)}, weights ({cb_focal} - {focal}) {_pts(weight)}")
+            parts.append(f"IF {f}: form ({focal} - softmax) {_pts(form)}, "
+                         f"weights ({cb_focal} - {focal}) {_pts(weight)}")
             ok.append(weight["mean"] > form["mean"])
         seed_fig = {"coarse": "CIFAR-10-LT IF 50: form (best focal - softmax) 25.19 -> 23.28 (+1.91), weights "
                               "(best CB, a focal) 23.28 -> 20.73 (+2.55); IF 100: +0.02 vs +4.19",
@@ -553,8 +554,8 @@ def make_claims(results: dict, worlds: list, ifs: list, betas=BETAS, gammas=GAMM
                 "seed_figure": "not in the seed: Cao et al. 2019 (ResNet-32) IF 100 error LDAM-DRW vs CB focal: "
                                "CIFAR-10 22.97 vs 25.43, CIFAR-100 57.96 vs 60.40",
                 "ours": "; ".join(parts) + " (tuned LR)", "reproduced": _verdict(ok),
-                "why": "" if all(ok) else "not positive in every (method, IF) cell; " + _ldam_note(summ[ifs[-1]], ifs[-1])
-                + caveat})
+                "why": "" if all(ok) else ("not positive in every (method, IF) cell; "
+                                           + _ldam_note(summ[ifs[-1]], ifs[-1]) + caveat)})
         base = results[w]["baseline"]["summary"]
         curve = np.asarray(results[w]["baseline"]["run"]["val_curve"])[:, SHARED].mean(-1)  # [epoch]
         half = (len(curve) - 1) // 2
@@ -670,6 +671,25 @@ def lr_choice(results: dict, worlds: list, lrs: list) -> dict:
     return out
 
 
+def _rounded(value, digits: int = 5):
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def write_json(payload: dict, path: str) -> None:
+    """Readable top-level keys (settings, claims, ...); the bulky per-run "results" on one line, floats
+    rounded to 5 decimals (accuracies on 100-10000 test images need at most 4)."""
+    parts = [f'"{key}": ' + json.dumps(_rounded(value), indent=None if key == "results" else 1)
+             for key, value in payload.items()]
+    with open(path, "w") as f:
+        f.write("{\n" + ",\n".join(parts) + "\n}\n")
+
+
 def quick_worlds() -> dict:
     return {"coarse": dataclasses.replace(WORLDS["coarse"], n_max=200, val_per_class=10, test_per_class=10,
                                           many=40, few=8),
@@ -683,7 +703,9 @@ def main(argv):
     png_path = os.path.join(_OUT.value, "long_tail_study.png")
     if _REPLOT.value:
         with open(json_path) as f:
-            plot(json.load(f), png_path)
+            payload = json.load(f)
+        write_json(payload, json_path)
+        plot(payload, png_path)
         return
     worlds_all = quick_worlds() if _QUICK.value else WORLDS
     for w in _WORLDS.value:
@@ -733,8 +755,7 @@ def main(argv):
             "lr_choice": lr_choice(results, list(_WORLDS.value), lrs),
             "results": results,
     }
-    with open(json_path, "w") as f:
-        json.dump(payload, f, indent=1)
+    write_json(payload, json_path)
     plot(payload, png_path)
     for c in payload["claims"]:
         logging.info("[%s] %s | ours: %s", c["reproduced"], c["claim"], c["ours"])

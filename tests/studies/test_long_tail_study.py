@@ -86,3 +86,13 @@ def test_loss_grid_is_the_seeds_search_space(lts):
     assert len([n for n in names if n.startswith("cb_")]) == 4 + 4 + 12  # softmax, sigmoid, focal x 3 gammas
     assert {"softmax", "sigmoid", "focal_g0.5", "focal_g1", "focal_g2", "ldam_drw", "logit_adj",
             "balanced_softmax"} <= set(names)
+
+
+def test_ldam_variants_switch_reweighting_as_named(lts):
+    specs = {s.name: s for s in lts.loss_specs()}
+    counts = [30, 10, 5, 3]
+    assert specs["ldam"].build(counts, 100).drw_step == -1  # never re-weighted
+    cb = specs["ldam_cb"].build(counts, 100)
+    assert cb.drw_step == 0 and float(cb.drw_active.numpy()) == 1.0  # re-weighted from the first step
+    assert specs["ldam_drw"].build(counts, 100).drw_step == 80  # the last 20 % (Cao et al.: 160 of 200 epochs)
+    assert {specs[n].head for n in ("ldam", "ldam_cb", "ldam_drw")} == {"cosine"}
