@@ -85,7 +85,8 @@ def test_claims_follow_the_contract(kps):
     from claims_table import validate_claims
 
     rng = np.random.default_rng(1)
-    pooling = {str(s): {"variants": {v.key: {"top1": float(rng.uniform(0.4, 0.6))} for v in kps.VARIANTS}}
+    pooling = {str(s): {"variants": {v.key: {"top1": float(rng.uniform(0.4, 0.6)), "dim": 8, "gamma": 0.5,
+                                             "alpha_start": [0.5] * (v.order + 1)} for v in kps.VARIANTS}}
                for s in range(3)}
     demo = {str(s): {arm: {"top1": float(rng.uniform(0.5, 0.9))} for arm in
                      ("stage1", "stage2_kernel", "stage2_avg")} for s in range(3)}
