@@ -9,7 +9,7 @@ round reports the median of its calls, and the summary the median over rounds of
 
     python benchmarks/bench_kernel_pooling.py                      # 14x14 and 28x28, ResNet-50 @448
     python benchmarks/bench_kernel_pooling.py --xla                # also the layer jit-compiled
-    python benchmarks/bench_kernel_pooling.py --profile --sizes 14 --noresnet  # per-op-type times
+    python benchmarks/bench_kernel_pooling.py --profile --xla --sizes 14 --noresnet  # per-op times
     python benchmarks/bench_kernel_pooling.py --baselines          # count sketch / gradient variants
     python benchmarks/bench_kernel_pooling.py --noresnet --sizes 14 --xla_variants  # XLA alternatives
 
@@ -41,7 +41,8 @@ flags.DEFINE_boolean("resnet", True, "Time ResNet-50 fwd+bwd at 448 (the denomin
 flags.DEFINE_boolean("xla", False, "Also time the layer step with jit_compile=True.")
 flags.DEFINE_boolean("resnet_xla", False, "Also time ResNet-50 with jit_compile=True (slow to compile).")
 flags.DEFINE_boolean("baselines", False, "Also time count-sketch and gradient variants (14x14 only).")
-flags.DEFINE_boolean("profile", False, "Print per-op-type times of the layer step (TF graph trace).")
+flags.DEFINE_boolean("profile", False, "Print per-op times of the layer step (tf.profiler trace; "
+                     "with --xla also of the jit-compiled step).")
 flags.DEFINE_boolean("xla_variants", False, "Also time, jit-compiled, the alternatives to the library's "
                      "XLA count sketch (row scatter + transposes, one-hot matmul) and to rfft (a DFT "
                      "matmul), 14x14 only.")
@@ -128,42 +129,43 @@ def interleaved_medians(fns: dict, calls: int, rounds: int) -> tuple[list[dict],
     return walls, cpus
 
 
-def profile_ops(layer, x, repeats=5):
-    """Per-op-type milliseconds of one fwd+bwd of the layer's sketch chain + normalisation (a TF1
-    graph with the layer's hash tables as constants, run with a full trace)."""
-    import numpy as np
-    import tensorflow as tf
+def profile_ops(step, repeats=5, top=14):
+    """Per-op time of `step` (a zero-argument callable running one compiled fwd+bwd) from a
+    tf.profiler trace: TF kernels grouped by op type, XLA by its thunks (fusions, FFTs, scatter).
+    Sums of op durations over the threads, per call; on a loaded machine they include time spent
+    descheduled, so read the shares."""
+    import glob
+    import tempfile
 
-    from finegrain_tf.ops.signed_sqrt import signed_sqrt_l2
-    from finegrain_tf.ops.tensor_sketch import pooled_tensor_sketches
-    hashes = [np.asarray(h) for h in layer._hash_vars]
-    signs = [np.asarray(s) for s in layer._sign_vars]
-    graph = tf.Graph()
-    with graph.as_default():
-        inp = tf.compat.v1.placeholder(tf.float32, x.shape)
-        flat = tf.reshape(inp, [x.shape[0], -1, x.shape[-1]])
-        parts = pooled_tensor_sketches(flat, hashes, signs, layer._group_dims, layer._group_orders)
-        y = signed_sqrt_l2(tf.concat([tf.reduce_mean(flat, 1)] + parts, -1))
-        loss = tf.reduce_sum(tf.square(y))
-        done = tf.reduce_sum(tf.gradients(loss, inp)[0])
-        sess = tf.compat.v1.Session(graph=graph)
-        feed = {inp: np.asarray(x)}
-        for _ in range(2):
-            sess.run(done, feed)
-        per_op = collections.Counter()
-        for _ in range(repeats):
-            meta = tf.compat.v1.RunMetadata()
-            sess.run(done, feed, options=tf.compat.v1.RunOptions(
-                trace_level=tf.compat.v1.RunOptions.FULL_TRACE), run_metadata=meta)
-            for dev in meta.step_stats.dev_stats:
-                for node in dev.node_stats:
-                    label = node.timeline_label
-                    op = label.split("=", 1)[1].split("(")[0].strip() if "=" in label else node.node_name
-                    per_op[op] += node.all_end_rel_micros / 1000.0 / repeats
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    wrappers = ("step", "TFE_", "Eager", "KernelAndDevice", "ExecutorState", "CpuExecutable",
+                "ThunkExecutor", "BlockUntil", "__inference", "ParallelFor", "FunctionRun",
+                "ExecutorDoneCallback", "end: ", "<lambda>", "__wrapped__")
+    step()
+    log_dir = tempfile.mkdtemp()
+    tf.profiler.experimental.start(log_dir)
+    for _ in range(repeats):
+        step()
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+        space.ParseFromString(f.read())
+    per_op = collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "?")
+                if name.startswith(wrappers):
+                    continue
+                # "scope/name:OpType" for TF kernels; XLA thunks: "rfft.11", "wrapped_scatter"
+                op = name.rsplit(":", 1)[1] if ":" in name else name.rsplit(".", 1)[0]
+                per_op[op] += event.duration_ps / 1e9 / repeats
     total = sum(per_op.values())
-    print(f"  per-op-type time (sum of op durations, {total:.1f} ms; ops overlap on 2 cores):")
-    for op, ms in per_op.most_common(12):
-        print(f"    {op:36s} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
+    print(f"  per-op time (sum of op durations, {total:.1f} ms per call; ops overlap on 2 cores):")
+    for op, ms in per_op.most_common(top):
+        print(f"    {op:40s} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
 
 
 def main(argv):
@@ -198,8 +200,10 @@ def main(argv):
         if FLAGS.xla:
             fns[f"kernel {side}x{side} xla"] = fwd_bwd(call, x, layer.trainable_variables, jit=True)
         if FLAGS.profile:
-            print(f"-- profile, {side}x{side}x{c}, d={FLAGS.dim}, p={FLAGS.order}")
-            profile_ops(layer, x)
+            for name in [n for n in fns if n.startswith(f"kernel {side}x{side}")]:
+                print(f"-- profile of {name}, {side}x{side}x{c}, d={FLAGS.dim}, p={FLAGS.order}, "
+                      f"load average {_load()}")
+                profile_ops(fns[name])
         if FLAGS.baselines and side == 14:
             hashes = [tf.convert_to_tensor(h) for h in layer._hash_vars]
             signs = [tf.convert_to_tensor(s) for s in layer._sign_vars]
