@@ -47,7 +47,7 @@ def test_configs_differ_exactly_where_the_methods_differ(reference, method, keys
 def test_every_metric_config_is_in_the_table():
     shipped = {f[len("metric_"):-len(".yaml")] for f in os.listdir(os.path.join(REPO, "configs"))
                if f.startswith("metric_") and f.endswith(".yaml")}
-    # metric_pretrain.yaml is the coarse pre-training every method starts from, not a method
+    # metric_pretrain.yaml is the pre-training every method starts from, not a method
     assert shipped == {m for pair in TABLE for m in pair[:2]} | {"pretrain"}
 
 
