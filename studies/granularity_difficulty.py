@@ -146,7 +146,7 @@ def plot(per_seed: dict, setups, path: str) -> None:
         axes[0].set(xlabel="granularity (RankM)", ylabel="LR training error",
                     title="Fig 6.7 analogue: 0..8 super-classes re-labelled")
         axes[1].set(xlabel="granularity (RankM)", ylabel="LR training error",
-                    title="Fig 6.8 analogue: class pairs (triangles: same super-class)")
+                    title="Fig 6.8 analogue: class pairs (▲ same super-class)")
         for ax in axes:
             ax.legend()
         plotting.save(fig, path)
