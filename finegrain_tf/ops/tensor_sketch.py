@@ -122,10 +122,10 @@ class _SketchIndex:
         sizes = [m * d for m, d in self.groups]
         return [fused] if len(sizes) == 1 else tf.split(fused, sizes, axis)
 
-    def adjoint(self, grads):
-        """Adjoint count sketch at the time-reversed bins: per group (`sketches` layout) -> dx [N, c]."""
-        axis = self.sketch_axis()
-        gather = _adjoint_gather if axis == 1 else _adjoint_gather_fused
+    def adjoint(self, grads, axis):
+        """Adjoint count sketch at the time-reversed bins: per group, its gradient with the sketch
+        index on `axis` (the forward's `sketch_axis`) -> dx [N, c]."""
+        gather = _adjoint_gather if in_xla_context() else _adjoint_gather_fused
         return gather(grads, self.reversed_bins, self.signs, tuple(self.groups), self.input_dim, axis)
 
 
@@ -234,7 +234,7 @@ def pooled_tensor_sketches(x, hashes, signs, dims, orders):
         def grad(*upstream):
             grads = [_group_gradient(g, spectra, prefix, axis, batch, locations, w, d)
                      for g, (spectra, prefix), d, w in zip(upstream, saved, dims, wanted)]
-            return tf.reshape(index.adjoint(grads), tf.shape(x))
+            return tf.reshape(index.adjoint(grads, axis), tf.shape(x))
 
         return tuple(outputs), grad
 
