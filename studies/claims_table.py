@@ -98,6 +98,8 @@ def render_table(rows: list[tuple[str, dict]], results_dir: str | None = None) -
         verdict = claim["reproduced"] + (f": {claim['why']}" if claim["why"] else "")
         lines.append("| " + " | ".join(_cell(v) for v in (name, claim["claim"], claim["seed_figure"],
                                                            claim["ours"], verdict)) + " |")
+    tally = ", ".join(f"{v} {sum(c['reproduced'] == v for _, c in rows)}" for v in VERDICTS)
+    lines += ["", f"{len(rows)} claims from {len({s for s, _ in rows})} studies: reproduced {tally}."]
     return "\n".join(lines)
 
 
