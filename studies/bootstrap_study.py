@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -148,12 +150,9 @@ def main(argv):
             plot(json.load(f)["per_seed"], os.path.join(FLAGS.output_dir, "bootstrap.png"))
         return
     if FLAGS.claims_only:
-        path = os.path.join(FLAGS.output_dir, "bootstrap.json")
-        with open(path) as f:
-            summary = json.load(f)
-        summary["claims"] = claims(summary["per_seed"])
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2)
+        from claims_table import rewrite_claims
+
+        rewrite_claims(os.path.join(FLAGS.output_dir, "bootstrap.json"), lambda r: claims(r["per_seed"]), indent=2)
         return
     results = []
     for s in FLAGS.seeds:
@@ -198,9 +197,6 @@ def claims(results: list) -> list:
     """The seed's §2.4.3 statements next to ours (studies/README.md table), from the per-seed results.
 
     Gains are per-seed differences of test top-1 (percentage points), then mean +- std over seeds."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import plotting
 
     def pts(values):

@@ -245,12 +245,10 @@ def plot(per_seed: list, path: str) -> None:
 def main(argv):
     del argv
     if FLAGS.claims_only:
-        path = os.path.join(FLAGS.output_dir, "domain_similarity_transfer.json")
-        with open(path) as f:
-            result = json.load(f)
-        result["claims"] = claims(result["per_seed"])
-        with open(path, "w") as f:
-            json.dump(result, f, indent=1)
+        from claims_table import rewrite_claims
+
+        rewrite_claims(os.path.join(FLAGS.output_dir, "domain_similarity_transfer.json"),
+                       lambda r: claims(r["per_seed"]))
         return
     t0, cpu0 = time.time(), time.process_time()
     per_seed = []

@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
 from absl import app, flags, logging
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (data, pairs, init).")
 flags.DEFINE_integer("places", 60, "Places per training collection.")
@@ -180,9 +182,6 @@ def claims(runs) -> list:
     The seed states the goals but reports no figure (§6.2 and §6.3 are empty), so "reproduced" says
     whether our runs show the effect: a per-seed paired difference whose mean exceeds twice its
     standard error."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import plotting
 
     n = len(runs)
@@ -246,12 +245,9 @@ def claims(runs) -> list:
 def main(argv):
     del argv
     if FLAGS.claims_only:
-        path = os.path.join(FLAGS.output_dir, "geo_weak_supervision.json")
-        with open(path) as f:
-            result = json.load(f)
-        result["claims"] = claims(result["runs"])
-        with open(path, "w") as f:
-            json.dump(result, f, indent=1)
+        from claims_table import rewrite_claims
+
+        rewrite_claims(os.path.join(FLAGS.output_dir, "geo_weak_supervision.json"), lambda r: claims(r["runs"]))
         return
     start = time.time()
     runs = [run_seed(int(s)) for s in FLAGS.seeds]

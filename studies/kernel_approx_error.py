@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # plotting, claims_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "studies/results", "Where PNG + JSON go.")
@@ -77,11 +80,9 @@ def main(argv):
         plot(records, families, dims, orders, png_path)
         return
     if FLAGS.claims_only:
-        with open(json_path) as f:
-            summary = json.load(f)
-        summary["claims"] = claims(summary["records"])
-        with open(json_path, "w") as f:
-            json.dump(summary, f, indent=1)
+        from claims_table import rewrite_claims
+
+        rewrite_claims(json_path, lambda summary: claims(summary["records"]))
         return
     records = []
     for seed in range(FLAGS.seeds):
@@ -132,11 +133,8 @@ def claims(records, family: str = SEED_LIKE_FAMILY, top_dim: int = 4096, order: 
     """The seed's Fig 3.6 statements next to ours (studies/README.md table), from the sweep's records.
 
     Each figure is the mean +- std over seeds (ddof=1) of the per-seed mean relative error."""
-    import sys
-
     import numpy as np
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import plotting
 
     def errors(gamma, p=order, dim=top_dim):

@@ -89,3 +89,14 @@ def test_missing_or_swapped_markers_are_refused(tmp_path):
         f.write(f"{claims_table.END}\n{claims_table.BEGIN}\n")
     with pytest.raises(claims_table.ClaimError, match="end marker comes before"):
         claims_table.update_readme(readme, results)
+
+
+def test_rewrite_claims_derives_from_the_stored_json_and_refuses_a_bad_derivation(tmp_path):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"per_seed": [0.4, 0.6], "claims": []}))
+    made = claims_table.rewrite_claims(str(path), lambda r: [_claim(ours=f"{sum(r['per_seed']) / 2:.2f} (n=2)")])
+    stored = json.loads(path.read_text())
+    assert stored["per_seed"] == [0.4, 0.6] and stored["claims"] == made and made[0]["ours"] == "0.50 (n=2)"
+    with pytest.raises(claims_table.ClaimError, match="study.json: claims\\[0\\]\\[\"reproduced\"\\]"):
+        claims_table.rewrite_claims(str(path), lambda r: [_claim(reproduced="maybe")])
+    assert json.loads(path.read_text()) == stored  # refused before writing
