@@ -55,6 +55,7 @@ def define_flags(default_seeds=("0", "1", "2")) -> None:
     flags.DEFINE_string("output_dir", RESULTS_DIR, "where the study's PNG + JSON go")
     flags.DEFINE_string("cache_dir", "runs/studies/_cache", "cache of the coarse CNNs and their features")
     flags.DEFINE_list("seeds", list(default_seeds), "seeds (data rendering and CNN training), at least 3")
+    flags.DEFINE_bool("claims_only", False, "only recompute the JSON's \"claims\" from its stored per-seed results")
 
 
 def synthetic_data(seed: int = 0, **overrides):
@@ -175,6 +176,10 @@ def run_over_seeds(name: str, doc: str, run_seed, claims, plot, design_changes: 
     seed, then `<name>.json` (design, coarse CNNs' accuracies, per-seed results, `claims(per_seed)`,
     design changes, wall and CPU seconds) and `plot(per_seed, setups, png_path)` in --output_dir."""
     FLAGS = flags.FLAGS
+    if FLAGS.claims_only:
+        from claims_table import rewrite_claims
+
+        return rewrite_claims(os.path.join(FLAGS.output_dir, f"{name}.json"), lambda r: claims(r["per_seed"]))
     t0, cpu0 = time.time(), time.process_time()
     setups, per_seed = [], {}
     for seed in (int(s) for s in FLAGS.seeds):
