@@ -28,12 +28,21 @@ Design (fixed before the full run; a change after it goes into the JSON's "desig
   every 50 steps as in the configs) for every method; 3 seeds (train.seed = data.seed = s; the data
   set itself is fixed). The JSON records wall and CPU seconds (CPU / 2 ~ the wall time on an idle
   2-core machine; target <= 12 minutes).
+* Softmax plateau check (added after the main run, --softmax_plateau; data and metric unchanged):
+  the Softmax config with the same pre-trained start and seeds, trained in one run folder per seed to
+  PLATEAU_STEPS = 300, 600, 900 steps: each stage resumes the previous one (the loop's exact resume:
+  model, optimizer, step and input position; constant learning rate, so 900 steps this way is one
+  900-step run), and each stage's eval_report.json gives the test top-1 at that step count. Triplet-A
+  (300 steps, main run) is then compared per seed with the 900-step Softmax, and that comparison
+  decides the "Triplet-A beats Softmax" verdict (the team contract compares against a baseline at
+  its plateau); the 300-step comparison stays in the claim's text.
 * Claims: Table 2.1's ordering Triplet-Naive < HN < M < A, Triplet-A vs Softmax, and Table 2.3's
   Softmax+HNS/HNM > Softmax and Triplet-A+HN > Triplet-A; each as mean +- std over the seeds plus
   how many seeds show the order.
 
     python studies/metric_learning_study.py            # ~12 min idle, 2 cores
     python studies/metric_learning_study.py --claims_only  # claims + PNG again from the stored JSON
+    python studies/metric_learning_study.py --softmax_plateau  # Softmax at 300/600/900 steps (~5 min)
     python studies/metric_learning_study.py --smoke    # a minute: 1 seed, a few steps, results under runs/
 """
 
@@ -63,6 +72,8 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "fine-tuning seeds (train.seed = dat
 flags.DEFINE_string("pretrained_dir", "", "reuse this finished pre-training run (made by this script with "
                     "PRETRAIN_SET) instead of training it again")
 flags.DEFINE_bool("claims_only", False, "recompute the claims and the PNG from the stored JSON (no training)")
+flags.DEFINE_bool("softmax_plateau", False, "train Softmax alone to 300/600/900 steps per seed and add a "
+                  "'softmax_plateau' block (and its claim text) to the stored JSON; other methods untouched")
 flags.DEFINE_bool("smoke", False, "1 seed, a few steps; results go to <run_dir>_smoke, not output_dir")
 
 METHODS = ("softmax", "softmax_hns", "softmax_hnm", "triplet_naive", "triplet_hn", "triplet_m",
@@ -74,6 +85,7 @@ PRETRAIN_SET = ["data.synthetic.num_classes=32", "data.synthetic.num_superclasse
                 "data.synthetic.train_per_class=50", "data.synthetic.test_per_class=5", "train.steps=800",
                 "train.seed=0", "data.seed=0"]
 METHOD_SET = ["train.steps=300", "sampler.refresh_every=50"]
+PLATEAU_STEPS = (300, 600, 900)
 SMOKE_SET = ["train.steps=4", "sampler.refresh_every=2", "data.synthetic.train_per_class=6",
              "data.synthetic.val_per_class=3", "data.synthetic.test_per_class=3"]
 
@@ -89,13 +101,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def train(config: str, overrides: list, model_dir: str) -> dict:
-    """One fresh `finegrain-train --config <config> --set ...` run, in this process; its eval report.
-    A previous run in `model_dir` is removed first (the loop would otherwise resume from it)."""
+def train(config: str, overrides: list, model_dir: str, resume: bool = False) -> dict:
+    """One `finegrain-train --config <config> --set ...` run, in this process; its eval report.
+    Unless `resume`, a previous run in `model_dir` is removed first (the loop would resume from it)."""
     from finegrain_tf.train import loop
     from finegrain_tf.train.config import build_config
 
-    shutil.rmtree(model_dir, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(model_dir, ignore_errors=True)
     cfg = build_config([config], overrides + ["train.plots=false", f"train.model_dir={model_dir}"])
     return loop.train(cfg).report
 
@@ -151,8 +164,9 @@ def verdict_of(wins: int, n: int) -> str:
     return "yes" if wins == n else ("partly" if wins > n / 2 else "no")
 
 
-def claims(per_seed: dict) -> list[dict]:
-    """The JSON's "claims" (team contract) from the per-seed top-1 of every method."""
+def claims(per_seed: dict, plateau: dict | None = None) -> list[dict]:
+    """The JSON's "claims" (team contract) from the per-seed top-1 of every method; with `plateau` (the
+    JSON's "softmax_plateau" block) Triplet-A is judged against the longest-trained Softmax."""
     txt = {m: plotting.mean_std_text(v, digits=1, scale=100, unit=" %") for m, v in per_seed.items()}
     n = len(per_seed["softmax"])
     out = []
@@ -180,24 +194,61 @@ def claims(per_seed: dict) -> list[dict]:
         wins, mean_gap = order_claim(per_seed, lower, higher)
         verdict = verdict_of(wins, n)
         extra = WHY_EXTRA.get(higher, "") if mean_gap <= 0 else ""
-        out.append({"claim": claim, "seed_figure": seed_figure,
-                    "ours": f"{LABELS[higher]} {txt[higher]} vs {LABELS[lower]} {txt[lower]}; "
-                            + gap_text(per_seed, lower, higher),
-                    "reproduced": verdict,
-                    "why": "" if verdict == "yes" else "the order does not hold on every seed: "
-                    + gap_text(per_seed, lower, higher) + extra})
+        row = {"claim": claim, "seed_figure": seed_figure,
+               "ours": f"{LABELS[higher]} {txt[higher]} vs {LABELS[lower]} {txt[lower]}; "
+                       + gap_text(per_seed, lower, higher),
+               "reproduced": verdict,
+               "why": "" if verdict == "yes" else "the order does not hold on every seed: "
+               + gap_text(per_seed, lower, higher) + extra}
+        if higher == "triplet_a" and plateau:
+            row = plateau_row(row, per_seed, plateau)
+        out.append(row)
     return out
 
 
-def baseline(per_seed: dict) -> str:
+def plateau_row(row: dict, per_seed: dict, plateau: dict) -> dict:
+    """The Triplet-A vs Softmax claim re-judged against the Softmax trained longest (same seeds, paired)."""
+    steps = max(plateau["per_steps"], key=int)
+    longest = {"softmax": plateau["per_steps"][steps]["top1"], "triplet_a": per_seed["triplet_a"]}
+    wins, mean_gap = order_claim(longest, "softmax", "triplet_a")
+    verdict = verdict_of(wins, len(longest["softmax"]))
+    curve = ", ".join(f"{k} steps {plotting.mean_std_text(v['top1'], 1, 100, ' %')}"
+                      for k, v in sorted(plateau["per_steps"].items(), key=lambda kv: int(kv[0])))
+    gap = gap_text(longest, "softmax", "triplet_a").replace("Softmax", f"Softmax@{steps}")
+    row = dict(row)
+    row["ours"] += f"; Softmax plateau check: {curve}; against Softmax@{steps}: {gap}"
+    row["reproduced"] = verdict
+    row["why"] = "" if verdict == "yes" else (
+        f"judged against the {steps}-step Softmax (the baseline at its longest training): {gap}"
+        + (WHY_EXTRA["triplet_a"].replace("300 steps", f"up to {steps} steps") if mean_gap <= 0 else ""))
+    return row
+
+
+def baseline(per_seed: dict, plateau: dict | None = None) -> str:
     """The softmax baseline's accuracy against chance (team contract: far above chance)."""
-    return (f"Softmax test top-1 {plotting.mean_std_text(per_seed['softmax'], 1, 100, ' %')} after "
+    text = (f"Softmax test top-1 {plotting.mean_std_text(per_seed['softmax'], 1, 100, ' %')} after "
             f"{METHOD_SET[0].split('=')[1]} steps from the shared pre-training; chance {100 / 16:.2f} %")
+    if plateau:
+        text += "; plateau check (one chained run per seed): " + ", ".join(
+            f"{k} steps {plotting.mean_std_text(v['top1'], 1, 100, ' %')}"
+            for k, v in sorted(plateau["per_steps"].items(), key=lambda kv: int(kv[0])))
+    return text
 
 
-def plot(per_seed: dict, path: str) -> None:
+def plot(per_seed: dict, path: str, plateau: dict | None = None) -> None:
     with plotting.style():
-        fig, axes = plotting.figure(panel_size=(7.5, 3.6))
+        fig, axes = plotting.figure(ncols=2 if plateau else 1, panel_size=(7.5, 3.6))
+        if plateau:
+            steps = sorted(plateau["per_steps"], key=int)
+            plotting.errorbar(axes[1], [int(k) for k in steps],
+                              np.asarray([plateau["per_steps"][k]["top1"] for k in steps]).T * 100,
+                              label="Softmax (chained run per seed)")
+            axes[1].axhline(100 * np.mean(per_seed["triplet_a"]), color="C1", linestyle="--",
+                            label="Triplet-A, 300 steps (mean)")
+            axes[1].set_xlabel("training steps")
+            axes[1].set_ylabel("test top-1 (%)")
+            axes[1].set_title("Softmax plateau check")
+            axes[1].legend(loc="lower right")
         ax = axes[0]
         plotting.bars(ax, [LABELS[m] for m in METHODS], [100 * np.asarray(per_seed[m]) for m in METHODS],
                       label=f"ours, synthetic 16 classes (n={len(per_seed['softmax'])} seeds)")
@@ -220,17 +271,76 @@ def rewrite_claims(output_dir: str) -> None:
     with open(path) as f:
         summary = json.load(f)
     per_seed = {m: [r["top1"] for r in summary["results"][m]["runs"]] for m in METHODS}
-    summary["claims"] = claims(per_seed)
-    summary["baseline"] = baseline(per_seed)
+    plateau = summary.get("softmax_plateau")
+    summary["claims"] = claims(per_seed, plateau)
+    summary["baseline"] = baseline(per_seed, plateau)
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
-    plot(per_seed, os.path.join(output_dir, "metric_learning.png"))
+    plot(per_seed, os.path.join(output_dir, "metric_learning.png"), plateau)
+
+
+PLATEAU_CHANGE = ("Softmax plateau check added after the main run (--softmax_plateau): Softmax alone, same "
+                  "config, pre-trained start and seeds, to 300/600/900 steps in one chained run per seed; "
+                  "data and metric unchanged; the Triplet-A vs Softmax verdict is now judged against the "
+                  "900-step Softmax")
+
+
+def softmax_plateau(output_dir: str, run_dir: str, smoke: bool) -> None:
+    """--softmax_plateau: Softmax to each of PLATEAU_STEPS per seed (each stage resumes the previous),
+    stored as the JSON's "softmax_plateau" block; the claims, baseline and PNG are then redone."""
+    start_wall, start_cpu = time.time(), cpu_seconds()
+    path = os.path.join(output_dir, "metric_learning.json")
+    with open(path) as f:
+        summary = json.load(f)
+    weights = os.path.join(FLAGS.pretrained_dir or summary["pretrain"]["run"], "backbone.weights.h5")
+    if not os.path.exists(weights):
+        raise app.UsageError(f"no pre-trained backbone at {weights}: rerun the pre-training with "
+                             f"PRETRAIN_SET (the main study) or pass --pretrained_dir")
+    seeds = summary["seeds"][:1 if smoke else None]
+    stages = (4, 8, 12) if smoke else PLATEAU_STEPS
+    per_steps = {str(k): {"top1": [], "seconds": []} for k in stages}
+    for seed in seeds:
+        model_dir = os.path.join(run_dir, "softmax_plateau", f"seed{seed}")
+        for i, steps in enumerate(stages):
+            t0 = time.time()
+            overrides = ([f"train.seed={seed}", f"data.seed={seed}"] + METHOD_SET
+                         + (SMOKE_SET if smoke else []) + [f"train.steps={steps}", f"model.weights={weights}"])
+            report = train(os.path.join(FLAGS.config_dir, "metric_softmax.yaml"), overrides, model_dir,
+                           resume=i > 0)
+            if report["train_steps"] != steps:
+                raise RuntimeError(f"seed {seed}: the run reports {report['train_steps']} steps, not {steps}")
+            per_steps[str(steps)]["top1"].append(report["top1"])
+            per_steps[str(steps)]["seconds"].append(round(time.time() - t0, 1))
+            print(f"seed {seed} softmax {steps:4d} steps top-1 {100 * report['top1']:5.1f} %  "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    for k, v in per_steps.items():
+        print(f"Softmax {k:>4s} steps: {plotting.mean_std_text(v['top1'], 1, 100, ' %')}")
+    print(f"Triplet-A 300 steps (main run): "
+          f"{plotting.mean_std_text([r['top1'] for r in summary['results']['triplet_a']['runs']], 1, 100, ' %')}")
+    wall, cpu = time.time() - start_wall, cpu_seconds() - start_cpu
+    print(f"wall {wall:.0f} s, CPU {cpu:.0f} s")
+    if smoke:
+        return
+    summary["softmax_plateau"] = {
+        "steps": list(PLATEAU_STEPS), "seeds": seeds, "weights": weights,
+        "how": "one run folder per seed; each stage resumes the previous one (model, optimizer, step, "
+               "input position) with train.steps raised; constant learning rate",
+        "main_run_softmax_300_steps": [r["top1"] for r in summary["results"]["softmax"]["runs"]],
+        "per_steps": per_steps, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
+    changes = summary.setdefault("design_changes", [])
+    if PLATEAU_CHANGE not in changes:
+        changes.append(PLATEAU_CHANGE)
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    rewrite_claims(output_dir)
 
 
 def main(argv):
     del argv
     if FLAGS.claims_only:
         return rewrite_claims(FLAGS.output_dir)
+    if FLAGS.softmax_plateau:
+        return softmax_plateau(FLAGS.output_dir, FLAGS.run_dir + ("_smoke" if FLAGS.smoke else ""), FLAGS.smoke)
     start_wall, start_cpu = time.time(), cpu_seconds()
     seeds = [int(s) for s in FLAGS.seeds][:1 if FLAGS.smoke else None]
     method_set = METHOD_SET + (SMOKE_SET if FLAGS.smoke else [])
