@@ -42,7 +42,7 @@ Design (fixed before the full run; a change after it goes into the JSON's "desig
 
     python studies/metric_learning_study.py            # ~12 min idle, 2 cores
     python studies/metric_learning_study.py --claims_only  # claims + PNG again from the stored JSON
-    python studies/metric_learning_study.py --softmax_plateau  # Softmax at 300/600/900 steps (~5 min)
+    python studies/metric_learning_study.py --softmax_plateau  # Softmax at 300/600/900 steps (270 s wall)
     python studies/metric_learning_study.py --smoke    # a minute: 1 seed, a few steps, results under runs/
 """
 
@@ -218,9 +218,16 @@ def plateau_row(row: dict, per_seed: dict, plateau: dict) -> dict:
     row = dict(row)
     row["ours"] += f"; Softmax plateau check: {curve}; against Softmax@{steps}: {gap}"
     row["reproduced"] = verdict
+    ordered = sorted(plateau["per_steps"], key=int)
+    last_gain = 100 * (np.mean(plateau["per_steps"][ordered[-1]]["top1"])
+                       - np.mean(plateau["per_steps"][ordered[-2]]["top1"])) if len(ordered) > 1 else 0.0
     row["why"] = "" if verdict == "yes" else (
-        f"judged against the {steps}-step Softmax (the baseline at its longest training): {gap}"
-        + (WHY_EXTRA["triplet_a"].replace("300 steps", f"up to {steps} steps") if mean_gap <= 0 else ""))
+        f"judged against the {steps}-step Softmax (the baseline at its longest training): {gap}; Softmax "
+        f"still gained {last_gain:+.1f} pp (mean) over its last {int(ordered[-1]) - int(ordered[-2])} steps, "
+        f"while Triplet-A had {METHOD_SET[0].split('=')[1]} steps and no plateau check of its own, so this is "
+        "a longer-trained baseline, not an equal step budget"
+        + ("; as the Metric Learning Reality Check (Musgrave et al., 2020) found, a well-trained "
+           "classification baseline is hard to beat with triplet-based training" if mean_gap <= 0 else ""))
     return row
 
 
