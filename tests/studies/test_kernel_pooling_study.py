@@ -1,23 +1,16 @@
 """Helpers of studies/kernel_pooling_study.py: verdict rules, plateau statistic, the head trainer."""
 
-import importlib.util
-import os
 import sys
 
 import numpy as np
 import pytest
 
-_STUDIES = os.path.join(os.path.dirname(__file__), "..", "..", "studies")
+from .study_loader import STUDIES, load_study
 
 
 @pytest.fixture(scope="module")
 def kps():
-    spec = importlib.util.spec_from_file_location("kernel_pooling_study",
-                                                  os.path.join(_STUDIES, "kernel_pooling_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kernel_pooling_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_study("kernel_pooling_study.py")
 
 
 def test_paired_stats_matches_a_hand_computed_t_test(kps):
@@ -81,7 +74,7 @@ def test_train_head_on_toy_maps(kps, key):
 
 
 def test_claims_follow_the_contract(kps):
-    sys.path.insert(0, _STUDIES)
+    sys.path.insert(0, STUDIES)
     from claims_table import validate_claims
 
     rng = np.random.default_rng(1)

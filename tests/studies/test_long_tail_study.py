@@ -1,22 +1,14 @@
 """Helpers of studies/long_tail_study.py: the vectorised head trainer, the schedule, the splits."""
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "studies", "long_tail_study.py")
+from .study_loader import load_study
 
 
 @pytest.fixture(scope="module")
 def lts():
-    spec = importlib.util.spec_from_file_location("long_tail_study", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["long_tail_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_study("long_tail_study.py")
 
 
 def _toy(num_seeds=2, n=48, dim=5, num_classes=4):
