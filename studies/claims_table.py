@@ -69,7 +69,11 @@ def validate_claims(source: str, claims) -> list[dict]:
 
 
 def load_claims(results_dir: str) -> list[tuple[str, dict]]:
-    """(study name, claim) for every claim of every results JSON that has a "claims" key, by study name."""
+    """(study name, claim) for every claim of every results JSON that has a "claims" key, by study name.
+
+    A folder that is missing or holds no claim is refused: writing its table would empty the README's."""
+    if not os.path.isdir(results_dir):
+        raise ClaimError(f"results_dir {results_dir!r} is not a directory")
     rows = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as f:
@@ -81,6 +85,8 @@ def load_claims(results_dir: str) -> list[tuple[str, dict]]:
             continue
         study = os.path.splitext(os.path.basename(path))[0]
         rows += [(study, claim) for claim in validate_claims(path, data["claims"])]
+    if not rows:
+        raise ClaimError(f"no results JSON in {results_dir!r} has \"claims\": refusing to empty the table")
     return rows
 
 
@@ -129,9 +135,13 @@ def replace_between_markers(text: str, table: str, source: str = "README") -> st
 
 def update_readme(readme: str, results_dir: str, check: bool = False) -> bool:
     """Rewrites (or, with check, only compares) the README's table; True when it was out of date."""
+    return write_table(readme, load_claims(results_dir), results_dir, check)
+
+
+def write_table(readme: str, rows: list, results_dir: str, check: bool = False) -> bool:
+    """`update_readme` with the claims already loaded."""
     with open(readme) as f:
         text = f.read()
-    rows = load_claims(results_dir)
     new = replace_between_markers(text, render_table(rows, results_dir), readme)
     stale = new != text
     if stale and not check:
@@ -147,11 +157,11 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the table is out of date")
     args = parser.parse_args(argv)
     try:
-        stale = update_readme(args.readme, args.results_dir, check=args.check)
+        rows = load_claims(args.results_dir)
+        stale = write_table(args.readme, rows, args.results_dir, check=args.check)
     except (ClaimError, OSError) as e:
         print(f"claims_table: {e}", file=sys.stderr)
         return 2
-    rows = load_claims(args.results_dir)
     studies = sorted({s for s, _ in rows})
     if args.check:
         print(f"{args.readme}: {'OUT OF DATE' if stale else 'up to date'} "

@@ -136,6 +136,9 @@ def _families(np, ka, seed, cnn_info=None):
 
 def main(argv):
     del argv
+    if FLAGS.features not in ("pooled_relu", "coarse_cnn") and not os.path.isfile(FLAGS.features):
+        raise app.UsageError(f"--features={FLAGS.features!r} is neither 'pooled_relu', 'coarse_cnn' nor a "
+                             ".npy file")
     import numpy as np
 
     from finegrain_tf.analysis import kernel_approx as ka

@@ -54,7 +54,7 @@ def task_names() -> list:
 def best_metric(cfg: "ExperimentConfig") -> tuple[str, bool]:
     """(the metric that picks the best checkpoint, whether higher is better): `train.best_metric`,
     or the task's default when it is empty. A metric the task does not report is a ValueError."""
-    task_names()
+    task_names()  # imports the task modules, which fills TASKS
     choices = TASKS[cfg.task.name].best_metrics
     name = cfg.train.best_metric or next(iter(choices))
     if name not in choices:

@@ -1,15 +1,12 @@
 """studies/claims_table.py: every JSON claim lands in the README table; malformed claims are refused."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "studies", "claims_table.py")
-_spec = importlib.util.spec_from_file_location("claims_table", _PATH)
-claims_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(claims_table)
+from .study_loader import load_study
+
+claims_table = load_study("claims_table.py")
 
 
 def _claim(**overrides):
@@ -100,3 +97,12 @@ def test_rewrite_claims_derives_from_the_stored_json_and_refuses_a_bad_derivatio
     with pytest.raises(claims_table.ClaimError, match="study.json: claims\\[0\\]\\[\"reproduced\"\\]"):
         claims_table.rewrite_claims(str(path), lambda r: [_claim(reproduced="maybe")])
     assert json.loads(path.read_text()) == stored  # refused before writing
+
+
+def test_a_missing_or_claimless_results_dir_leaves_the_table_alone(tmp_path):
+    results, readme = _setup(tmp_path, {"no_claims_yet": {"records": [1]}})
+    before = open(readme).read()
+    with pytest.raises(claims_table.ClaimError, match="refusing to empty the table"):
+        claims_table.update_readme(readme, results)
+    assert claims_table.main(["--results_dir", str(tmp_path / "nowhere"), "--readme", readme]) == 2
+    assert open(readme).read() == before
