@@ -28,21 +28,25 @@ Design (fixed before the full run; a change after it goes into the JSON's "desig
   every 50 steps as in the configs) for every method; 3 seeds (train.seed = data.seed = s; the data
   set itself is fixed). The JSON records wall and CPU seconds (CPU / 2 ~ the wall time on an idle
   2-core machine; target <= 12 minutes).
-* Softmax plateau check (added after the main run, --softmax_plateau; data and metric unchanged):
-  the Softmax config with the same pre-trained start and seeds, trained in one run folder per seed to
-  PLATEAU_STEPS = 300, 600, 900 steps: each stage resumes the previous one (the loop's exact resume:
-  model, optimizer, step and input position; constant learning rate, so 900 steps this way is one
-  900-step run), and each stage's eval_report.json gives the test top-1 at that step count. Triplet-A
-  (300 steps, main run) is then compared per seed with the 900-step Softmax, and that comparison
-  decides the "Triplet-A beats Softmax" verdict (the team contract compares against a baseline at
-  its plateau); the 300-step comparison stays in the claim's text.
+* Softmax plateau check (added after the main run, --softmax_plateau, since replaced by --plateau):
+  Softmax alone to 300/600/900 steps in one chained run per seed (the JSON's "softmax_plateau" block).
+* Plateau check of every method (added after the Softmax check, --plateau; data, metric, configs and
+  seeds unchanged): each method's run folder of the main run (300 steps) is resumed to
+  PLATEAU_STAGES = 600, 900, 1200 steps with train.steps raised (the loop's resume: model, optimizer,
+  step, input position; the metric task's refresh schedule is absolute, so a chained run refreshes at
+  the same steps as one long run; constant learning rate), and each stage's eval_report.json gives the
+  test top-1 there. A method is called "at its plateau" when its mean gain over the last stage (300
+  steps) is at most PLATEAU_TOLERANCE = 2 pp. Every claim is then judged at 1200 steps for every
+  method (one equal budget, 4x the main run's); the 300-step figures stay in each claim's text. The
+  jobs (method, seed) are shared by two worker processes with one TF thread each (1.2x the
+  throughput of one two-thread process on the 2-core machine).
 * Claims: Table 2.1's ordering Triplet-Naive < HN < M < A, Triplet-A vs Softmax, and Table 2.3's
   Softmax+HNS/HNM > Softmax and Triplet-A+HN > Triplet-A; each as mean +- std over the seeds plus
   how many seeds show the order.
 
     python studies/metric_learning_study.py            # ~12 min idle, 2 cores
     python studies/metric_learning_study.py --claims_only  # claims + PNG again from the stored JSON
-    python studies/metric_learning_study.py --softmax_plateau  # Softmax at 300/600/900 steps (270 s wall)
+    python studies/metric_learning_study.py --plateau  # every method on to 600/900/1200 steps (~30 min)
     python studies/metric_learning_study.py --smoke    # a minute: 1 seed, a few steps, results under runs/
 """
 
@@ -72,8 +76,10 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "fine-tuning seeds (train.seed = dat
 flags.DEFINE_string("pretrained_dir", "", "reuse this finished pre-training run (made by this script with "
                     "PRETRAIN_SET) instead of training it again")
 flags.DEFINE_bool("claims_only", False, "recompute the claims and the PNG from the stored JSON (no training)")
-flags.DEFINE_bool("softmax_plateau", False, "train Softmax alone to 300/600/900 steps per seed and add a "
-                  "'softmax_plateau' block (and its claim text) to the stored JSON; other methods untouched")
+flags.DEFINE_bool("plateau", False, "resume every method's main run to 600/900/1200 steps per seed, add a "
+                  "'plateau' block to the stored JSON and judge the claims at 1200 steps")
+flags.DEFINE_integer("workers", 2, "--plateau: worker processes (one TF thread each)")
+flags.DEFINE_string("plateau_jobs", "", "internal: the 'method:seed,...' jobs of one --plateau worker")
 flags.DEFINE_bool("smoke", False, "1 seed, a few steps; results go to <run_dir>_smoke, not output_dir")
 
 METHODS = ("softmax", "softmax_hns", "softmax_hnm", "triplet_naive", "triplet_hn", "triplet_m",
@@ -85,7 +91,8 @@ PRETRAIN_SET = ["data.synthetic.num_classes=32", "data.synthetic.num_superclasse
                 "data.synthetic.train_per_class=50", "data.synthetic.test_per_class=5", "train.steps=800",
                 "train.seed=0", "data.seed=0"]
 METHOD_SET = ["train.steps=300", "sampler.refresh_every=50"]
-PLATEAU_STEPS = (300, 600, 900)
+PLATEAU_STAGES = (300, 600, 900, 1200)  # 300 = the main run, resumed
+PLATEAU_TOLERANCE = 0.02  # largest mean gain over the last stage that still counts as a plateau
 SMOKE_SET = ["train.steps=4", "sampler.refresh_every=2", "data.synthetic.train_per_class=6",
              "data.synthetic.val_per_class=3", "data.synthetic.test_per_class=3"]
 
@@ -140,8 +147,7 @@ def save_embeddings(model_dir: str, path: str) -> None:
 
 
 # Why a well-trained softmax can stay ahead (added to that claim's "why" when it is ahead on average).
-WHY_EXTRA = {"triplet_a": "; softmax gets the same pre-training, optimiser and 300 steps (each training image "
-                          "is an anchor only ~7 times: 300 x 16 triplets / 640 images), and, as the Metric "
+WHY_EXTRA = {"triplet_a": "; softmax gets the same pre-training, optimiser and step budget, and, as the Metric "
                           "Learning Reality Check (Musgrave et al., 2020) found, a well-trained classification "
                           "baseline is hard to beat with triplet-based training"}
 
@@ -164,9 +170,33 @@ def verdict_of(wins: int, n: int) -> str:
     return "yes" if wins == n else ("partly" if wins > n / 2 else "no")
 
 
+def longest_stage(plateau: dict) -> str:
+    return max(plateau["per_steps"], key=int)
+
+
+def stage_top1(plateau: dict, steps: str) -> dict:
+    """{method: per-seed top-1} at one stage of the JSON's "plateau" block."""
+    return {m: plateau["per_steps"][steps][m] for m in METHODS}
+
+
+def last_gains(plateau: dict) -> dict:
+    """{method: mean top-1 gain (pp) over the last stage}."""
+    stages = sorted(plateau["per_steps"], key=int)
+    last, before = stage_top1(plateau, stages[-1]), stage_top1(plateau, stages[-2])
+    return {m: float(100 * (np.mean(last[m]) - np.mean(before[m]))) for m in METHODS}
+
+
 def claims(per_seed: dict, plateau: dict | None = None) -> list[dict]:
-    """The JSON's "claims" (team contract) from the per-seed top-1 of every method; with `plateau` (the
-    JSON's "softmax_plateau" block) Triplet-A is judged against the longest-trained Softmax."""
+    """The JSON's "claims" (team contract) from the per-seed top-1 of every method at 300 steps; with
+    `plateau` (the JSON's "plateau" block) every claim is judged at its longest stage instead and the
+    300-step figures are kept in the text."""
+    short = per_seed
+    if plateau:
+        steps = longest_stage(plateau)
+        per_seed = stage_top1(plateau, steps)
+        at, at_short = f" at {steps} steps", f"; at {METHOD_SET[0].split('=')[1]} steps"
+    else:
+        at = at_short = ""
     txt = {m: plotting.mean_std_text(v, digits=1, scale=100, unit=" %") for m, v in per_seed.items()}
     n = len(per_seed["softmax"])
     out = []
@@ -175,11 +205,15 @@ def claims(per_seed: dict, plateau: dict | None = None) -> list[dict]:
     links = list(zip(chain, chain[1:]))
     wins = [order_claim(per_seed, lo, hi)[0] for lo, hi in links]
     verdict = "yes" if all(w == n for w in wins) else ("no" if not any(w > n / 2 for w in wins) else "partly")
+    ours = "; ".join(f"{LABELS[m]} {txt[m]}" for m in chain) + at
+    if plateau:
+        ours += at_short + ": " + "; ".join(
+            f"{LABELS[m]} {plotting.mean_std_text(short[m], 1, 100, ' %')}" for m in chain)
     out.append({"claim": "triplet sampling matters: Triplet-Naive < Triplet-HN < Triplet-M < Triplet-A",
                 "seed_figure": "Table 2.1 (flowers-620): 48.7 < 64.6 < 65.9 < 66.8 %",
-                "ours": "; ".join(f"{LABELS[m]} {txt[m]}" for m in chain),
+                "ours": ours,
                 "reproduced": verdict,
-                "why": "" if verdict == "yes" else "not every step holds on every seed: " +
+                "why": "" if verdict == "yes" else f"not every step holds on every seed{at}: " +
                 "; ".join(gap_text(per_seed, lo, hi) for lo, hi in links)})
 
     pairs = [("softmax", "triplet_a", "Triplet-A (64-d embedding, learned anchors) beats Softmax",
@@ -194,41 +228,14 @@ def claims(per_seed: dict, plateau: dict | None = None) -> list[dict]:
         wins, mean_gap = order_claim(per_seed, lower, higher)
         verdict = verdict_of(wins, n)
         extra = WHY_EXTRA.get(higher, "") if mean_gap <= 0 else ""
-        row = {"claim": claim, "seed_figure": seed_figure,
-               "ours": f"{LABELS[higher]} {txt[higher]} vs {LABELS[lower]} {txt[lower]}; "
-                       + gap_text(per_seed, lower, higher),
-               "reproduced": verdict,
-               "why": "" if verdict == "yes" else "the order does not hold on every seed: "
-               + gap_text(per_seed, lower, higher) + extra}
-        if higher == "triplet_a" and plateau:
-            row = plateau_row(row, per_seed, plateau)
-        out.append(row)
+        ours = (f"{LABELS[higher]} {txt[higher]} vs {LABELS[lower]} {txt[lower]}{at}; "
+                + gap_text(per_seed, lower, higher))
+        if plateau:
+            ours += at_short + ": " + gap_text(short, lower, higher)
+        out.append({"claim": claim, "seed_figure": seed_figure, "ours": ours, "reproduced": verdict,
+                    "why": "" if verdict == "yes" else f"the order does not hold on every seed{at}: "
+                    + gap_text(per_seed, lower, higher) + extra})
     return out
-
-
-def plateau_row(row: dict, per_seed: dict, plateau: dict) -> dict:
-    """The Triplet-A vs Softmax claim re-judged against the Softmax trained longest (same seeds, paired)."""
-    steps = max(plateau["per_steps"], key=int)
-    longest = {"softmax": plateau["per_steps"][steps]["top1"], "triplet_a": per_seed["triplet_a"]}
-    wins, mean_gap = order_claim(longest, "softmax", "triplet_a")
-    verdict = verdict_of(wins, len(longest["softmax"]))
-    curve = ", ".join(f"{k} steps {plotting.mean_std_text(v['top1'], 1, 100, ' %')}"
-                      for k, v in sorted(plateau["per_steps"].items(), key=lambda kv: int(kv[0])))
-    gap = gap_text(longest, "softmax", "triplet_a").replace("Softmax", f"Softmax@{steps}")
-    row = dict(row)
-    row["ours"] += f"; Softmax plateau check: {curve}; against Softmax@{steps}: {gap}"
-    row["reproduced"] = verdict
-    ordered = sorted(plateau["per_steps"], key=int)
-    last_gain = 100 * (np.mean(plateau["per_steps"][ordered[-1]]["top1"])
-                       - np.mean(plateau["per_steps"][ordered[-2]]["top1"])) if len(ordered) > 1 else 0.0
-    row["why"] = "" if verdict == "yes" else (
-        f"judged against the {steps}-step Softmax (the baseline at its longest training): {gap}; Softmax "
-        f"still gained {last_gain:+.1f} pp (mean) over its last {int(ordered[-1]) - int(ordered[-2])} steps, "
-        f"while Triplet-A had {METHOD_SET[0].split('=')[1]} steps and no plateau check of its own, so this is "
-        "a longer-trained baseline, not an equal step budget"
-        + ("; as the Metric Learning Reality Check (Musgrave et al., 2020) found, a well-trained "
-           "classification baseline is hard to beat with triplet-based training" if mean_gap <= 0 else ""))
-    return row
 
 
 def baseline(per_seed: dict, plateau: dict | None = None) -> str:
@@ -236,29 +243,36 @@ def baseline(per_seed: dict, plateau: dict | None = None) -> str:
     text = (f"Softmax test top-1 {plotting.mean_std_text(per_seed['softmax'], 1, 100, ' %')} after "
             f"{METHOD_SET[0].split('=')[1]} steps from the shared pre-training; chance {100 / 16:.2f} %")
     if plateau:
-        text += "; plateau check (one chained run per seed): " + ", ".join(
-            f"{k} steps {plotting.mean_std_text(v['top1'], 1, 100, ' %')}"
-            for k, v in sorted(plateau["per_steps"].items(), key=lambda kv: int(kv[0])))
+        curve = ", ".join(f"{k} steps {plotting.mean_std_text(v['softmax'], 1, 100, ' %')}"
+                          for k, v in sorted(plateau["per_steps"].items(), key=lambda kv: int(kv[0])))
+        gains = last_gains(plateau)
+        flat = [LABELS[m] for m in METHODS if gains[m] <= 100 * PLATEAU_TOLERANCE]
+        text += (f"; plateau check (one chained run per method and seed): Softmax {curve}; mean gain over "
+                 f"the last 300 steps: " + ", ".join(f"{LABELS[m]} {gains[m]:+.1f} pp" for m in METHODS)
+                 + f" ({len(flat)}/{len(METHODS)} methods within {100 * PLATEAU_TOLERANCE:.0f} pp)")
     return text
 
 
 def plot(per_seed: dict, path: str, plateau: dict | None = None) -> None:
     with plotting.style():
         fig, axes = plotting.figure(ncols=2 if plateau else 1, panel_size=(7.5, 3.6))
+        shown, steps = per_seed, METHOD_SET[0].split("=")[1]
         if plateau:
-            steps = sorted(plateau["per_steps"], key=int)
-            plotting.errorbar(axes[1], [int(k) for k in steps],
-                              np.asarray([plateau["per_steps"][k]["top1"] for k in steps]).T * 100,
-                              label="Softmax (chained run per seed)")
-            axes[1].axhline(100 * np.mean(per_seed["triplet_a"]), color="C1", linestyle="--",
-                            label="Triplet-A, 300 steps (mean)")
-            axes[1].set_xlabel("training steps")
+            steps = longest_stage(plateau)
+            shown = stage_top1(plateau, steps)
+            stages = sorted(plateau["per_steps"], key=int)
+            for i, m in enumerate(METHODS):
+                plotting.errorbar(axes[1], [int(k) + 8 * (i - 3.5) for k in stages],
+                                  np.asarray([plateau["per_steps"][k][m] for k in stages]).T * 100,
+                                  label=LABELS[m], color=plotting.COLORS[i % len(plotting.COLORS)],
+                                  marker="os^v<>Dx"[i], linestyle="-" if m.startswith("softmax") else "--")
+            axes[1].set_xlabel("training steps (one chained run per method and seed)")
             axes[1].set_ylabel("test top-1 (%)")
-            axes[1].set_title("Softmax plateau check")
-            axes[1].legend(loc="lower right")
+            axes[1].set_title("Plateau check: every method to 1200 steps")
+            axes[1].legend(loc="lower right", ncol=2)
         ax = axes[0]
-        plotting.bars(ax, [LABELS[m] for m in METHODS], [100 * np.asarray(per_seed[m]) for m in METHODS],
-                      label=f"ours, synthetic 16 classes (n={len(per_seed['softmax'])} seeds)")
+        plotting.bars(ax, [LABELS[m] for m in METHODS], [100 * np.asarray(shown[m]) for m in METHODS],
+                      label=f"ours at {steps} steps, synthetic 16 classes (n={len(shown['softmax'])} seeds)")
         xs = [i for i, m in enumerate(METHODS) if m in SEED_TABLE_2_1]
         plotting.seed_marker(ax, xs, [SEED_TABLE_2_1[METHODS[i]] for i in xs], label="seed Table 2.1")
         xs3 = [i for i, m in enumerate(METHODS) if m in SEED_TABLE_2_3 and m not in SEED_TABLE_2_1]
@@ -278,7 +292,7 @@ def rewrite_claims(output_dir: str) -> None:
     with open(path) as f:
         summary = json.load(f)
     per_seed = {m: [r["top1"] for r in summary["results"][m]["runs"]] for m in METHODS}
-    plateau = summary.get("softmax_plateau")
+    plateau = summary.get("plateau")
     summary["claims"] = claims(per_seed, plateau)
     summary["baseline"] = baseline(per_seed, plateau)
     with open(path, "w") as f:
@@ -286,16 +300,47 @@ def rewrite_claims(output_dir: str) -> None:
     plot(per_seed, os.path.join(output_dir, "metric_learning.png"), plateau)
 
 
-PLATEAU_CHANGE = ("Softmax plateau check added after the main run (--softmax_plateau): Softmax alone, same "
-                  "config, pre-trained start and seeds, to 300/600/900 steps in one chained run per seed; "
-                  "data and metric unchanged; the Triplet-A vs Softmax verdict is now judged against the "
-                  "900-step Softmax")
+PLATEAU_CHANGE = ("Plateau check of every method added after the Softmax-only check (--plateau): each "
+                  "method's main-run folder resumed to 600/900/1200 steps per seed; data, metric, configs and "
+                  "seeds unchanged; every claim is now judged at 1200 steps (the 300-step figures stay in the "
+                  "claims' text)")
 
 
-def softmax_plateau(output_dir: str, run_dir: str, smoke: bool) -> None:
-    """--softmax_plateau: Softmax to each of PLATEAU_STEPS per seed (each stage resumes the previous),
-    stored as the JSON's "softmax_plateau" block; the claims, baseline and PNG are then redone."""
-    start_wall, start_cpu = time.time(), cpu_seconds()
+def plateau_worker(jobs: str, run_dir: str, weights: str, smoke: bool) -> None:
+    """--plateau_jobs: one worker's (method, seed) chains; writes <run_dir>/plateau_<pid>.json."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    stages = (4, 8, 12, 16) if smoke else PLATEAU_STAGES
+    out = []
+    for job in jobs.split(","):
+        method, seed = job.split(":")
+        model_dir = os.path.join(run_dir, f"seed{seed}", method)  # the main run's folder: stage 1
+        for steps in stages:
+            t0 = time.time()
+            overrides = ([f"train.seed={seed}", f"data.seed={seed}"] + METHOD_SET + (SMOKE_SET if smoke else [])
+                         + [f"train.steps={steps}", f"model.weights={weights}"])
+            report = train(os.path.join(FLAGS.config_dir, f"metric_{method}.yaml"), overrides, model_dir,
+                           resume=True)
+            if report["train_steps"] != steps:
+                raise RuntimeError(f"{model_dir}: the run reports {report['train_steps']} steps, not {steps} "
+                                   "(a stale run folder? remove it)")
+            out.append({"method": method, "seed": int(seed), "steps": steps, "top1": report["top1"],
+                        "seconds": round(time.time() - t0, 1)})
+            print(f"seed {seed} {method:14s} {steps:5d} steps top-1 {100 * report['top1']:5.1f} %  "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    with open(os.path.join(run_dir, f"plateau_{os.getpid()}.json"), "w") as f:
+        json.dump({"runs": out, "cpu_seconds": cpu_seconds()}, f)
+
+
+def plateau(output_dir: str, run_dir: str, smoke: bool) -> None:
+    """--plateau: every (method, seed) main run resumed to each of PLATEAU_STAGES by FLAGS.workers worker
+    processes; stored as the JSON's "plateau" block, then the claims, baseline and PNG are redone."""
+    import glob
+    import subprocess
+
+    start_wall = time.time()
     path = os.path.join(output_dir, "metric_learning.json")
     with open(path) as f:
         summary = json.load(f)
@@ -304,36 +349,35 @@ def softmax_plateau(output_dir: str, run_dir: str, smoke: bool) -> None:
         raise app.UsageError(f"no pre-trained backbone at {weights}: rerun the pre-training with "
                              f"PRETRAIN_SET (the main study) or pass --pretrained_dir")
     seeds = summary["seeds"][:1 if smoke else None]
-    stages = (4, 8, 12) if smoke else PLATEAU_STEPS
-    per_steps = {str(k): {"top1": [], "seconds": []} for k in stages}
-    for seed in seeds:
-        model_dir = os.path.join(run_dir, "softmax_plateau", f"seed{seed}")
-        for i, steps in enumerate(stages):
-            t0 = time.time()
-            overrides = ([f"train.seed={seed}", f"data.seed={seed}"] + METHOD_SET
-                         + (SMOKE_SET if smoke else []) + [f"train.steps={steps}", f"model.weights={weights}"])
-            report = train(os.path.join(FLAGS.config_dir, "metric_softmax.yaml"), overrides, model_dir,
-                           resume=i > 0)
-            if report["train_steps"] != steps:
-                raise RuntimeError(f"seed {seed}: the run reports {report['train_steps']} steps, not {steps}")
-            per_steps[str(steps)]["top1"].append(report["top1"])
-            per_steps[str(steps)]["seconds"].append(round(time.time() - t0, 1))
-            print(f"seed {seed} softmax {steps:4d} steps top-1 {100 * report['top1']:5.1f} %  "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+    jobs = [f"{m}:{s}" for s in seeds for m in METHODS]
+    for old in glob.glob(os.path.join(run_dir, "plateau_*.json")):
+        os.remove(old)
+    workers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--plateau_jobs={','.join(part)}",
+                                 f"--run_dir={run_dir}", f"--config_dir={FLAGS.config_dir}",
+                                 f"--pretrained_dir={os.path.dirname(weights)}"] + (["--smoke"] if smoke else []))
+               for part in (jobs[i::FLAGS.workers] for i in range(FLAGS.workers)) if part]
+    if any(w.wait() != 0 for w in workers):
+        raise RuntimeError("a --plateau worker failed (its log is above)")
+    runs, cpu = [], 0.0
+    for part in glob.glob(os.path.join(run_dir, "plateau_*.json")):
+        with open(part) as f:
+            done = json.load(f)
+        runs += done["runs"]
+        cpu += done["cpu_seconds"]
+    stages = sorted({r["steps"] for r in runs})
+    per_steps = {str(k): {m: [next(r["top1"] for r in runs if (r["method"], r["seed"], r["steps"]) == (m, s, k))
+                              for s in seeds] for m in METHODS} for k in stages}
+    wall = time.time() - start_wall
+    block = {"steps": stages, "seeds": seeds, "weights": weights, "tolerance_pp": 100 * PLATEAU_TOLERANCE,
+             "how": "one run folder per method and seed (the main run's); each stage resumes the previous one "
+                    "(model, optimizer, step, input position) with train.steps raised; constant learning rate",
+             "per_steps": per_steps, "runs": runs, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
     for k, v in per_steps.items():
-        print(f"Softmax {k:>4s} steps: {plotting.mean_std_text(v['top1'], 1, 100, ' %')}")
-    print(f"Triplet-A 300 steps (main run): "
-          f"{plotting.mean_std_text([r['top1'] for r in summary['results']['triplet_a']['runs']], 1, 100, ' %')}")
-    wall, cpu = time.time() - start_wall, cpu_seconds() - start_cpu
+        print(f"{k:>5s} steps: " + "  ".join(f"{LABELS[m]} {100 * np.mean(v[m]):.1f}" for m in METHODS))
     print(f"wall {wall:.0f} s, CPU {cpu:.0f} s")
     if smoke:
         return
-    summary["softmax_plateau"] = {
-        "steps": list(PLATEAU_STEPS), "seeds": seeds, "weights": weights,
-        "how": "one run folder per seed; each stage resumes the previous one (model, optimizer, step, "
-               "input position) with train.steps raised; constant learning rate",
-        "main_run_softmax_300_steps": [r["top1"] for r in summary["results"]["softmax"]["runs"]],
-        "per_steps": per_steps, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
+    summary["plateau"] = block
     changes = summary.setdefault("design_changes", [])
     if PLATEAU_CHANGE not in changes:
         changes.append(PLATEAU_CHANGE)
@@ -346,8 +390,12 @@ def main(argv):
     del argv
     if FLAGS.claims_only:
         return rewrite_claims(FLAGS.output_dir)
-    if FLAGS.softmax_plateau:
-        return softmax_plateau(FLAGS.output_dir, FLAGS.run_dir + ("_smoke" if FLAGS.smoke else ""), FLAGS.smoke)
+    if FLAGS.plateau_jobs:
+        return plateau_worker(FLAGS.plateau_jobs, FLAGS.run_dir, os.path.join(FLAGS.pretrained_dir,
+                              "backbone.weights.h5"), FLAGS.smoke)
+    if FLAGS.plateau:
+        run_dir = FLAGS.run_dir + ("_smoke" if FLAGS.smoke else "")
+        return plateau(run_dir if FLAGS.smoke else FLAGS.output_dir, run_dir, FLAGS.smoke)
     start_wall, start_cpu = time.time(), cpu_seconds()
     seeds = [int(s) for s in FLAGS.seeds][:1 if FLAGS.smoke else None]
     method_set = METHOD_SET + (SMOKE_SET if FLAGS.smoke else [])
