@@ -1,5 +1,7 @@
 """Helpers of studies/kernel_pooling_study.py: verdict rules, plateau statistic, the head trainer."""
 
+import dataclasses
+import os
 import sys
 
 import numpy as np
@@ -85,3 +87,45 @@ def test_claims_follow_the_contract(kps):
                      ("stage1", "stage2_kernel", "stage2_avg")} for s in range(3)}
     claims = kps.pooling_claims(pooling) + kps.demo_claims(demo, 48)
     assert len(validate_claims("toy", claims)) == 6
+
+
+def test_finetune_runs_differ_only_in_their_pooling(kps):
+    """Part C's configs: the demo's stage-2 recipe on Part A's balanced data, constant learning rate,
+    and one variant differs from another only in the pooling settings."""
+    from finegrain_tf.train.config import build_config
+
+    scale = kps.SCALES["full"]
+    configs = [os.path.join(kps.ROOT, c) for c in ("configs/demo.yaml", "configs/demo_kernel_finetune.yaml")]
+    built = {key: build_config(configs, kps.finetune_overrides(next(v for v in kps.VARIANTS if v.key == key),
+                                                                3, scale, "w.h5"))
+             for key in kps.FINETUNE_VARIANTS}
+    for cfg in built.values():
+        assert (cfg.data.synthetic.num_classes, cfg.data.synthetic.train_per_class) == (kps.NUM_CLASSES, 60)
+        assert cfg.data.imbalance_factor == 1.0 and cfg.data.synthetic.seed == 3 and cfg.train.seed == 3
+        assert cfg.optimizer.schedule == "constant" and cfg.optimizer.learning_rate == 0.01
+        assert cfg.model.logistic_init and cfg.loss.name == "softmax" and cfg.model.weights == "w.h5"
+    assert {k: c.model.pooling for k, c in built.items()} == {
+        "avg": "avg", "bilinear": "bilinear", "compact_bilinear": "compact_bilinear",
+        "kp4_fixed": "kernel", "kp4_learned": "kernel"}
+    assert built["kp4_fixed"].model.kernel_pooling.coefficients == "rbf"
+    assert built["kp4_learned"].model.kernel_pooling.coefficients == "learned"
+    assert built["compact_bilinear"].model.compact_dim == 1 + 256 + 3 * scale.kernel_dims
+
+    def without_pooling(cfg):
+        settings = dataclasses.asdict(cfg)
+        del settings["model"]["pooling"], settings["model"]["kernel_pooling"]
+        return repr(settings)
+
+    assert len({without_pooling(c) for c in built.values()}) == 1
+
+
+def test_finetune_claims_follow_the_contract(kps):
+    sys.path.insert(0, STUDIES)
+    from claims_table import validate_claims
+
+    rng = np.random.default_rng(2)
+    per_seed = {str(s): {"stages": [200, 400, 600], "variants": {
+        k: {"top1": float(rng.uniform(0.6, 0.9))} for k in kps.FINETUNE_VARIANTS}} for s in range(3)}
+    claims = validate_claims("toy", kps.finetune_claims(per_seed))
+    assert [c["claim"] for c in claims] == [f"(fine-tuned) {c[0]}" for c in kps.POOLING_CLAIMS]
+    assert all("600 steps" in c["ours"] for c in claims)
