@@ -373,19 +373,26 @@ def _loss_curve(model_dir: str) -> tuple[list, list]:
     return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
 
 
-def run_demo_seed(seed: int, scale: Scale, work: str) -> dict:
+def demo_stage1(seed: int, scale: Scale, work: str) -> tuple[list, str, dict, str]:
+    """The demo's stage 1 at the study's size (trained once, reused by Parts B and B2): the overrides
+    both stages share, the run folder, its eval report and its backbone weights."""
     from finegrain_tf.train.run_dir import RunDir
 
-    started, cpu = time.time(), cpu_seconds()
     size = scale.image_size
     common = [f"data.image_size={size}", f"data.synthetic.image_size={size}", f"data.synthetic.seed={seed}",
               f"data.seed={seed}", f"train.seed={seed}", "train.plots=false", *scale.demo_data]
     stage1_dir = os.path.join(work, f"demo_seed{seed}", "stage1")
     steps1 = [f"train.steps={scale.demo_steps[0]}"] if scale.demo_steps else []
+    report = _train(["configs/demo.yaml"], common + steps1 + [f"train.model_dir={stage1_dir}"])
+    return common, stage1_dir, report, RunDir(stage1_dir).backbone_weights_path
+
+
+def run_demo_seed(seed: int, scale: Scale, work: str) -> dict:
+    started, cpu = time.time(), cpu_seconds()
+    common, stage1_dir, stage1, weights = demo_stage1(seed, scale, work)
     steps2 = [f"train.steps={scale.demo_steps[1]}"] if scale.demo_steps else []
-    reports = {"stage1": _train(["configs/demo.yaml"], common + steps1 + [f"train.model_dir={stage1_dir}"])}
+    reports = {"stage1": stage1}
     curves = {"stage1": _loss_curve(stage1_dir)}
-    weights = RunDir(stage1_dir).backbone_weights_path
     for arm, pooling in (("stage2_kernel", "kernel"), ("stage2_avg", "avg")):
         model_dir = os.path.join(work, f"demo_seed{seed}", arm)
         reports[arm] = _train(["configs/demo.yaml", "configs/demo_kernel_finetune.yaml"],
@@ -469,16 +476,8 @@ def run_finetune_seed(seed: int, scale: Scale, work: str) -> dict:
 
 def run_demo_long_seed(seed: int, scale: Scale, work: str) -> dict:
     """Part B2: both stage-2 arms at scale.demo_long_steps from Part B's stage-1 backbone."""
-    from finegrain_tf.train.run_dir import RunDir
-
     started, cpu = time.time(), cpu_seconds()
-    size = scale.image_size
-    common = [f"data.image_size={size}", f"data.synthetic.image_size={size}", f"data.synthetic.seed={seed}",
-              f"data.seed={seed}", f"train.seed={seed}", "train.plots=false", *scale.demo_data]
-    stage1_dir = os.path.join(work, f"demo_seed{seed}", "stage1")
-    steps1 = [f"train.steps={scale.demo_steps[0]}"] if scale.demo_steps else []
-    stage1 = _train(["configs/demo.yaml"], common + steps1 + [f"train.model_dir={stage1_dir}"])  # Part B's
-    weights = RunDir(stage1_dir).backbone_weights_path
+    common, _, stage1, weights = demo_stage1(seed, scale, work)
     out = {"stage1": {"top1": float(stage1["top1"])}, "steps": scale.demo_long_steps}
     for arm, pooling in (("stage2_kernel", "kernel"), ("stage2_avg", "avg")):
         model_dir = os.path.join(work, f"demo_long_seed{seed}", arm)
