@@ -370,8 +370,9 @@ def _resume_or_initialize(trainer: Trainer, checkpoint, checkpoint_dir: str) -> 
     fresh run; returns the step training starts from."""
     restored = restore_newest_intact(checkpoint, checkpoint_dir)
     step = int(trainer.step.numpy())
-    if restored:
-        logging.info("resumed from %s at step %d", restored, step)
+    if restored:  # a warning: re-running into an old model_dir continues that run, it does not restart
+        logging.warning("%s already holds a run, which this one continues (give a new train.model_dir to "
+                        "start over); resumed from %s at step %d", checkpoint_dir, restored, step)
     if step == 0:
         done = trainer.task.initialize(trainer.model, trainer.init_dataset)
         if done:

@@ -133,6 +133,18 @@ def test_damaged_checkpoint_falls_back_to_newest_intact(four_checkpoints, tmp_pa
     assert os.path.exists(os.path.join(ckpt_dir, "ckpt-6.index"))
 
 
+def test_running_into_an_existing_run_warns_that_it_continues_it(four_checkpoints, tmp_path, caplog):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(four_checkpoints, model_dir)
+    keras.backend.clear_session()
+    with caplog.at_level(logging.WARNING):
+        result = loop.train(_cfg(model_dir, 5))
+    assert (result.resumed_from, result.step) == (4, 5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("already holds a run" in w and model_dir in w and "new train.model_dir" in w
+               for w in warnings), warnings
+
+
 @pytest.mark.parametrize("task_name, override", [
     ("pairs", "pairs.negatives=ring"), ("pairs", "pairs.positive_radius_m=50.0"),
     ("metric", "sampler.refresh_every=7"), ("metric", "sampler.negatives=hardest"),
