@@ -80,8 +80,8 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "fine-tuning seeds (train.seed = dat
 flags.DEFINE_string("pretrained_dir", "", "reuse this finished pre-training run (made by this script with "
                     "PRETRAIN_SET) instead of training it again")
 flags.DEFINE_bool("claims_only", False, "recompute the claims and the PNG from the stored JSON (no training)")
-flags.DEFINE_bool("plateau", False, "resume every method's main run to 600/900/1200 steps per seed, add a "
-                  "'plateau' block to the stored JSON and judge the claims at 1200 steps")
+flags.DEFINE_bool("plateau", False, "resume every method's main run to each of PLATEAU_STAGES per seed, add a "
+                  "'plateau' block to the stored JSON and judge the claims at the longest stage")
 flags.DEFINE_integer("workers", 2, "--plateau: worker processes (one TF thread each)")
 flags.DEFINE_string("plateau_jobs", "", "internal: the 'method:seed,...' jobs of one --plateau worker")
 flags.DEFINE_integer("plateau_after", 0, "internal: a --plateau worker trains only the stages above this")
