@@ -82,7 +82,7 @@ flags.DEFINE_string("pretrained_dir", "", "reuse this finished pre-training run 
 flags.DEFINE_bool("claims_only", False, "recompute the claims and the PNG from the stored JSON (no training)")
 flags.DEFINE_bool("plateau", False, "resume every method's main run to each of PLATEAU_STAGES per seed, add a "
                   "'plateau' block to the stored JSON and judge the claims at the longest stage")
-flags.DEFINE_integer("workers", 2, "--plateau: worker processes (one TF thread each)")
+flags.DEFINE_integer("workers", 2, "--plateau: worker processes (one TF thread each)", lower_bound=1)
 flags.DEFINE_string("plateau_jobs", "", "internal: the 'method:seed,...' jobs of one --plateau worker")
 flags.DEFINE_integer("plateau_after", 0, "internal: a --plateau worker trains only the stages above this")
 flags.DEFINE_bool("smoke", False, "1 seed, a few steps; results go to <run_dir>_smoke, not output_dir")
