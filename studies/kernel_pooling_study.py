@@ -156,6 +156,7 @@ SCALES = {
 }
 NUM_CLASSES, NUM_SUPERCLASSES = 20, 4
 LEARNING_RATE, BATCH_SIZE, PLATEAU_EPOCHS = 2e-3, 64, 5
+SMALL_CNN_CHANNELS = 256  # the product's small_cnn feature map (Part C builds it inside finegrain-train)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +185,11 @@ def cpu_seconds() -> float:
     """CPU time of this process and its finished children (user + system)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def kp4_dim(channels: int, kernel_dims: int) -> int:
+    """Output size of kernel pooling p = 4 (1 + c + 3 d): the CBP dimension it is compared at (§3.3.1)."""
+    return 1 + channels + 3 * kernel_dims
 
 
 def paired_stats(a, b) -> dict:
@@ -316,7 +322,7 @@ def train_head(variant: Variant, maps: np.ndarray, labels: np.ndarray, test_maps
         kernel = {"order": variant.order, "dims": kernel_dims, "coefficients": variant.coefficients,
                   "gamma": None, "normalize": True}
     keras.utils.set_random_seed(seed)  # the same classifier init draws and batch order for every variant
-    pool = make_pooling(variant.pooling, compact_dim=1 + channels + 3 * kernel_dims,
+    pool = make_pooling(variant.pooling, compact_dim=kp4_dim(channels, kernel_dims),
                         kernel_pooling=kernel, pooling_seed=seed)
     inputs = keras.Input(maps.shape[1:], name="feature_map")
     logits = keras.layers.Dense(NUM_CLASSES, name="logits")(pool(inputs))
@@ -447,7 +453,7 @@ def finetune_overrides(variant: Variant, seed: int, scale: Scale, weights: str) 
                  f"data.synthetic.seed={seed}", f"data.seed={seed}", f"train.seed={seed}",
                  "loss.name=softmax", "optimizer.schedule=constant", "train.plots=false",
                  f"model.weights={weights}", f"model.pooling={variant.pooling}",
-                 f"model.compact_dim={1 + 256 + 3 * scale.kernel_dims}"]
+                 f"model.compact_dim={kp4_dim(SMALL_CNN_CHANNELS, scale.kernel_dims)}"]
     if variant.pooling == "kernel":
         overrides += [f"model.kernel_pooling.order={variant.order}", f"model.kernel_pooling.dims={scale.kernel_dims}",
                       f"model.kernel_pooling.coefficients={variant.coefficients}"]
