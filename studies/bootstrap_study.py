@@ -37,7 +37,7 @@ flags.DEFINE_string("output_dir", "studies/results", "where bootstrap.json / boo
 flags.DEFINE_string("run_dir", "runs/studies/bootstrap", "work directories of the rounds")
 flags.DEFINE_string("config", "configs/bootstrap_synthetic.yaml", "finegrain-train config of every model")
 flags.DEFINE_multi_string("set", [], "extra finegrain-train overrides for every model")
-flags.DEFINE_string("pretrain_config", "configs/metric_pretrain.yaml", "coarse pre-training every model starts from")
+flags.DEFINE_string("pretrain_config", "configs/coarse_pretrain.yaml", "coarse pre-training every model starts from")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (data rendering, pool split, training)")
 flags.DEFINE_integer("rounds", 3, "bootstrapping rounds k")
 flags.DEFINE_float("threshold", 0.5, "D_i: top confidence > threshold")
