@@ -10,7 +10,7 @@ Part A -- poolings on one backbone (Table 3.2's comparison)
     by shape detail, stripe frequency and the hue of a central part), 48 x 48 px, 60 train and 30
     test images per class (balanced), rendering seed = the study seed.
   Backbone: the product's `small_cnn` (256 channels, a 3 x 3 map at 48 px), pre-trained per seed by
-    `finegrain-train`'s loop on configs/metric_pretrain.yaml (softmax over the 4 shape families of an
+    `finegrain-train`'s loop on configs/coarse_pretrain.yaml (softmax over the 4 shape families of an
     independent rendering, synthetic seed 100 + seed, 400 steps of 48, Adam 1e-3): a stand-in for the
     seed's ImageNet pre-training that never sees a fine label. At 48 px instead of that config's 32.
   Protocol: the backbone is frozen; its feature maps of the train / test images (the loop's
@@ -46,27 +46,11 @@ Part B -- the demo's claim with a fair control
   train.seed). Metric: the loop's test top-1 (400 balanced test images) plus balanced / head / tail;
   the training-loss curve (logged every 20 steps) shows how far each stage-2 run got.
 
-Part C -- poolings fine-tuned end to end (added after the first full run; see "design_changes")
-  Part A freezes the backbone; Table 3.2 fine-tunes it. Part C takes Part A's data and per-seed
-  pre-trained backbone and fine-tunes backbone + pooling + classifier end to end through
-  `finegrain-train`'s loop, with the seed's two-step recipe as the demo's stage 2 states it
-  (configs/demo.yaml + configs/demo_kernel_finetune.yaml): the classifier initialised by logistic
-  regression on the pooled features of the pre-trained backbone, then SGD (momentum 0.9, weight decay
-  5e-4) at lr 0.01 with gradients clipped to [-1, 1]; softmax loss (the set is balanced); the loop's
-  default augmentation; batch 64. Overrides: Part A's data (20 classes, 48 px, 60 train / 30 test per
-  class, no imbalance, synthetic seed = study seed), a constant learning rate (so a run can be
-  continued), `model.pooling` and, for kernel pooling, order 4, d_i = 512, coefficients learned or
-  fixed (rbf), gamma estimated; CBP with d = 1793 (KP p = 4's output size).
-  Variants: avg, BP, CBP, KP p=4 fixed, KP p=4 learned (the other orders stay in Part A only: budget).
-  Plateau: one run folder per variant and seed, continued in stages of 200 steps (11 epochs) to
-  Scale.finetune_stages; the test top-1 at each stage is the curve, never used to pick anything; the
-  claims are judged at the last stage, and the gain over the last 200 steps is reported per variant.
-  Stages first ended at 600 steps; seed 0's first four variants showed BP, CBP and KP still gaining
-  0.08-0.17 over their last 200 steps (average pooling +0.002), so before any claim was computed the
-  stages were extended to 1200 steps for every variant and seed (in "design_changes").
-  The five Part A claims are judged again on Part C's numbers (separate rows, "fine-tuned").
+Part C -- the poolings fine-tuned end to end: since its fourth design its own study,
+  studies/kernel_pooling_finetune.py (same data, backbones and claims; its docstring holds the
+  design and the earlier constant-lr design whose results it keeps).
 
-Part B2 -- the demo's control at three times the stage-2 budget (added with Part C)
+Part B2 -- the demo's control at three times the stage-2 budget (added after the first full run)
   Part B's stage-2 arms run 150 steps (the demo's cosine schedule); B2 runs both arms again from the
   same stage-1 backbone with train.steps = 450 (the cosine schedule stretched over 450 steps), so
   neither arm is cut short; the kernel-vs-avg claim is judged again at 450 steps (separate row).
@@ -79,9 +63,8 @@ Seeds: 0, 1, 2; results as mean +- sample std (n = 3). Verdicts, decided before 
   "A >= B" (learned vs fixed coefficients): yes if "A > B" is yes; no if A is significantly smaller
   (two-sided paired t-test, p < 0.05); partly otherwise.
 
-Budget (the JSON records wall and CPU time): Parts A and B were designed for 12 minutes on an idle 2-core
-machine; Part C took about 46 minutes there and B2 6, so the whole study is over the 30 minutes the
-studies aim for: fine-tuning five variants x 3 seeds to a plateau is what costs the time.
+Budget (the JSON records wall and CPU time): at most 30 minutes on an idle 2-core machine for
+Parts A, B and B2 together.
 
     TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=2 python studies/kernel_pooling_study.py
     python studies/kernel_pooling_study.py --scale smoke --output_dir /tmp/kp   # seconds, toy sizes
@@ -90,10 +73,8 @@ studies aim for: fine-tuning five variants x 3 seeds to a plateau is what costs 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -104,137 +85,34 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # sklearn's logistic init on
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plotting  # noqa: E402
+from kernel_pooling_common import (NUM_CLASSES, NUM_SUPERCLASSES, POOLING_CLAIMS, SCALES,  # noqa: E402
+                                   SEED_TABLE_3_2, VARIANTS, Scale, Variant, cpu_seconds, diff_text, kp4_dim,
+                                   mean_std, pretrain_backbone, train_run, verdict_greater)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "studies/results", "where kernel_pooling_study.json / .png go")
 flags.DEFINE_string("run_dir", "runs/studies/kernel_pooling", "training runs and per-seed partial results")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "study seeds (data rendering, pre-training, hashes, batch order)")
 flags.DEFINE_enum("scale", "full", ["full", "smoke"], "full: the design above; smoke: toy sizes (seconds)")
-flags.DEFINE_list("parts", ["pooling", "demo", "finetune", "demo_long"],
-                  "which parts to run: pooling (A), demo (B), finetune (C), demo_long (B2)")
+flags.DEFINE_list("parts", ["pooling", "demo", "demo_long"],
+                  "which parts to run: pooling (A), demo (B), demo_long (B2)")
 flags.DEFINE_bool("fresh", False, "ignore the partial results and runs of an earlier invocation")
 flags.DEFINE_bool("replot", False, "only redraw the PNG from the JSON")
 
 NAME = "kernel_pooling_study"
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
-# Seed 000 Table 3.2 (top-1 %, 448 px): (original network, BP, CBP, KP with learned coefficients).
-SEED_TABLE_3_2 = {
-    "CUB-200": {"VGG-16": (73.1, 84.1, 84.3, 86.2), "ResNet-50": (78.4, None, 81.6, 84.7)},
-    "Stanford Car": {"VGG-16": (79.8, 91.3, 91.2, 92.4), "ResNet-50": (84.7, None, 88.6, 91.1)},
-    "Aircraft": {"VGG-16": (74.1, 84.1, 84.1, 86.9), "ResNet-50": (79.2, None, 81.6, 85.7)},
-    "Food-101": {"VGG-16": (81.2, 82.4, 82.4, 84.2), "ResNet-50": (82.1, None, 83.2, 85.5)},
-}
 # The demo's printed figures (README, 64 px): stage 1, stage 2 (kernel pooling), the earlier avg control.
 DEMO_FIGURES = {"stage1": 0.675, "stage2_kernel": 0.855, "stage2_avg_earlier_control": 0.828}
 
 
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    image_size: int
-    train_per_class: int
-    test_per_class: int
-    pretrain_steps: int
-    epochs: int
-    kernel_dims: int
-    demo_steps: tuple  # (stage 1, stage 2); None keeps the demo's configs
-    demo_data: tuple  # extra overrides of the demo's data (smoke only)
-    finetune_stages: tuple = (200, 400, 600, 800, 1000, 1200)  # part C: where each continued run is evaluated
-    demo_long_steps: int = 450  # part B2: stage-2 steps
-
-
-SCALES = {
-    "full": Scale(image_size=48, train_per_class=60, test_per_class=30, pretrain_steps=400, epochs=25,
-                  kernel_dims=512, demo_steps=None, demo_data=()),
-    "smoke": Scale(image_size=32, train_per_class=6, test_per_class=4, pretrain_steps=4, epochs=2,
-                   kernel_dims=16, demo_steps=(4, 3),
-                   demo_data=("data.synthetic.train_per_class=10", "data.synthetic.test_per_class=3",
-                              "data.synthetic.val_per_class=1", "data.batch_size=16",
-                              "model.init_batches=2", "model.kernel_pooling.dims=16",
-                              "train.log_every=1"),
-                   finetune_stages=(2, 4), demo_long_steps=6),
-}
-NUM_CLASSES, NUM_SUPERCLASSES = 20, 4
 LEARNING_RATE, BATCH_SIZE, PLATEAU_EPOCHS = 2e-3, 64, 5
-SMALL_CNN_CHANNELS = 256  # the product's small_cnn feature map (Part C builds it inside finegrain-train)
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    key: str
-    label: str
-    pooling: str  # a `models.heads.POOLINGS` name
-    order: int = 0  # kernel pooling only
-    coefficients: str = ""  # "rbf" (fixed) or "learned"
-
-
-VARIANTS = (
-    Variant("avg", "avg", "avg"),
-    Variant("bilinear", "BP", "bilinear"),
-    Variant("compact_bilinear", "CBP", "compact_bilinear"),
-    *(Variant(f"kp{p}_{mode}", f"KP p={p} {mode}", "kernel", p, "rbf" if mode == "fixed" else "learned")
-      for p in (2, 3, 4) for mode in ("fixed", "learned")),
-)
+PARTS = ("pooling", "demo", "demo_long")  # A, B, B2
 
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (user + system)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def kp4_dim(channels: int, kernel_dims: int) -> int:
-    """Output size of kernel pooling p = 4 (1 + c + 3 d): the CBP dimension it is compared at (§3.3.1)."""
-    return 1 + channels + 3 * kernel_dims
-
-
-def paired_stats(a, b) -> dict:
-    """Mean and sample std of the paired differences a - b over seeds, with t-test p-values."""
-    from scipy import stats
-
-    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    n = diff.size
-    mean = float(diff.mean())
-    std = float(diff.std(ddof=1)) if n > 1 else 0.0
-    if n < 2:
-        p_greater = p_two_sided = float("nan")
-    elif std == 0.0:
-        p_greater = 0.0 if mean > 0 else 1.0
-        p_two_sided = 0.0 if mean != 0 else 1.0
-    else:
-        t = mean / (std / np.sqrt(n))
-        p_greater = float(stats.t.sf(t, n - 1))
-        p_two_sided = float(2 * stats.t.sf(abs(t), n - 1))
-    return {"mean_diff": mean, "std_diff": std, "n": n, "p_greater": p_greater, "p_two_sided": p_two_sided}
-
-
-def verdict_greater(a, b) -> tuple[str, dict]:
-    """'yes' / 'partly' / 'no' for "a > b" (the docstring's rule) and the paired statistics."""
-    s = paired_stats(a, b)
-    if s["mean_diff"] > 0 and s["p_greater"] < 0.05:
-        return "yes", s
-    return ("partly" if s["mean_diff"] > 0 else "no"), s
-
-
-def verdict_similar(a, b, tolerance: float = 0.02) -> tuple[str, dict]:
-    """'yes' / 'partly' / 'no' for "a ~= b" (the docstring's rule) and the paired statistics."""
-    s = paired_stats(a, b)
-    if abs(s["mean_diff"]) <= tolerance:
-        return "yes", s
-    return ("partly" if not s["p_two_sided"] < 0.05 else "no"), s
-
-
-def verdict_at_least(a, b) -> tuple[str, dict]:
-    """'yes' / 'partly' / 'no' for "a >= b": yes if a > b holds (`verdict_greater`), no if a is
-    significantly smaller (two-sided paired t-test, p < 0.05), partly otherwise."""
-    verdict, s = verdict_greater(a, b)
-    if verdict == "yes":
-        return verdict, s
-    return ("no" if s["mean_diff"] < 0 and s["p_two_sided"] < 0.05 else "partly"), s
 
 
 def plateau_change(curve, k: int = PLATEAU_EPOCHS) -> float:
@@ -259,36 +137,8 @@ def _save_partial(path: str, partial: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _train(configs: list, overrides: list) -> dict:
-    """One `finegrain-train` run (skipped when its run dir already has an eval report); its report."""
-    from finegrain_tf.train import config, loop
-    from finegrain_tf.train.run_dir import RunDir
-
-    cfg = config.build_config([os.path.join(ROOT, c) for c in configs], overrides)
-    run_dir = RunDir(cfg.train.model_dir)
-    if not run_dir.exists(RunDir.eval_report_path):
-        loop.train(cfg)
-    return run_dir.load_eval_report()
-
-
 # --------------------------------------------------------------------------------------------------
 # Part A: poolings on one frozen backbone
-
-
-def pretrain_backbone(seed: int, scale: Scale, work: str) -> tuple[str, dict]:
-    """The coarse pre-training (configs/metric_pretrain.yaml) at the study's size; (weights, report)."""
-    from finegrain_tf.train.run_dir import RunDir
-
-    model_dir = os.path.join(work, f"pretrain_seed{seed}")
-    size = scale.image_size
-    overrides = [f"data.image_size={size}", f"data.synthetic.image_size={size}",
-                 f"data.synthetic.seed={100 + seed}", f"data.seed={seed}", f"train.seed={seed}",
-                 f"train.steps={scale.pretrain_steps}", "train.plots=false", f"train.model_dir={model_dir}"]
-    if scale.pretrain_steps < 20:
-        overrides += ["data.synthetic.train_per_class=8", "data.synthetic.test_per_class=2",
-                      "data.batch_size=8", "train.log_every=1"]
-    report = _train(["configs/metric_pretrain.yaml"], overrides)
-    return RunDir(model_dir).backbone_weights_path, report
 
 
 def feature_maps(weights: str, images: np.ndarray, image_size: int) -> np.ndarray:
@@ -391,7 +241,7 @@ def demo_stage1(seed: int, scale: Scale, work: str) -> tuple[list, str, dict, st
               f"data.seed={seed}", f"train.seed={seed}", "train.plots=false", *scale.demo_data]
     stage1_dir = os.path.join(work, f"demo_seed{seed}", "stage1")
     steps1 = [f"train.steps={scale.demo_steps[0]}"] if scale.demo_steps else []
-    report = _train(["configs/demo.yaml"], common + steps1 + [f"train.model_dir={stage1_dir}"])
+    report = train_run(["configs/demo.yaml"], common + steps1 + [f"train.model_dir={stage1_dir}"])
     return common, stage1_dir, report, RunDir(stage1_dir).backbone_weights_path
 
 
@@ -403,7 +253,7 @@ def run_demo_seed(seed: int, scale: Scale, work: str) -> dict:
     curves = {"stage1": _loss_curve(stage1_dir)}
     for arm, pooling in (("stage2_kernel", "kernel"), ("stage2_avg", "avg")):
         model_dir = os.path.join(work, f"demo_seed{seed}", arm)
-        reports[arm] = _train(["configs/demo.yaml", "configs/demo_kernel_finetune.yaml"],
+        reports[arm] = train_run(["configs/demo.yaml", "configs/demo_kernel_finetune.yaml"],
                               common + steps2 + [f"model.pooling={pooling}", f"model.weights={weights}",
                                                  f"train.model_dir={model_dir}"])
         curves[arm] = _loss_curve(model_dir)
@@ -421,67 +271,6 @@ def run_demo_seed(seed: int, scale: Scale, work: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Part C: the poolings fine-tuned end to end; Part B2: the demo's control at 3x the stage-2 steps
 
-FINETUNE_VARIANTS = ("avg", "bilinear", "compact_bilinear", "kp4_fixed", "kp4_learned")
-
-
-def _train_to(configs: list, overrides: list, model_dir: str, steps: int) -> dict:
-    """The run in `model_dir` continued to `steps` (the loop resumes from its newest checkpoint); the
-    report of that stage is kept as eval_report_<steps>.json, so a re-invocation reuses it."""
-    from finegrain_tf.train import config, loop
-
-    kept = os.path.join(model_dir, f"eval_report_{steps}.json")
-    if os.path.exists(kept):
-        with open(kept) as f:
-            return json.load(f)
-    cfg = config.build_config([os.path.join(ROOT, c) for c in configs],
-                              overrides + [f"train.steps={steps}", f"train.model_dir={model_dir}"])
-    report = loop.train(cfg).report
-    if report["train_steps"] != steps:
-        raise RuntimeError(f"{model_dir}: the run reports {report['train_steps']} steps, not {steps} "
-                           "(a stale run folder? rerun with --fresh)")
-    _save_partial(kept, report)
-    return report
-
-
-def finetune_overrides(variant: Variant, seed: int, scale: Scale, weights: str) -> list:
-    """Part C's overrides of the demo's stage-2 recipe (the docstring lists them)."""
-    size = scale.image_size
-    overrides = [f"data.image_size={size}", f"data.synthetic.image_size={size}",
-                 f"data.synthetic.num_classes={NUM_CLASSES}", f"data.synthetic.num_superclasses={NUM_SUPERCLASSES}",
-                 f"data.synthetic.train_per_class={scale.train_per_class}", "data.synthetic.val_per_class=0",
-                 f"data.synthetic.test_per_class={scale.test_per_class}", "data.imbalance_factor=1.0",
-                 f"data.synthetic.seed={seed}", f"data.seed={seed}", f"train.seed={seed}",
-                 "loss.name=softmax", "optimizer.schedule=constant", "train.plots=false",
-                 f"model.weights={weights}", f"model.pooling={variant.pooling}",
-                 f"model.compact_dim={kp4_dim(SMALL_CNN_CHANNELS, scale.kernel_dims)}"]
-    if variant.pooling == "kernel":
-        overrides += [f"model.kernel_pooling.order={variant.order}", f"model.kernel_pooling.dims={scale.kernel_dims}",
-                      f"model.kernel_pooling.coefficients={variant.coefficients}"]
-    if scale.pretrain_steps < 20:  # smoke
-        overrides += ["data.batch_size=16", "model.init_batches=2", "train.log_every=1"]
-    return overrides
-
-
-def run_finetune_seed(seed: int, scale: Scale, work: str) -> dict:
-    started, cpu = time.time(), cpu_seconds()
-    weights, _ = pretrain_backbone(seed, scale, work)  # Part A's pre-training (reused when it exists)
-    out = {"stages": list(scale.finetune_stages), "variants": {}}
-    for key in FINETUNE_VARIANTS:
-        variant = next(v for v in VARIANTS if v.key == key)
-        model_dir = os.path.join(work, f"finetune_seed{seed}", key)
-        t = time.time()
-        curve = [float(_train_to(["configs/demo.yaml", "configs/demo_kernel_finetune.yaml"],
-                                 finetune_overrides(variant, seed, scale, weights), model_dir, steps)["top1"])
-                 for steps in scale.finetune_stages]
-        out["variants"][key] = {"test_curve": curve, "top1": curve[-1],
-                                "last_stage_gain": curve[-1] - curve[-2] if len(curve) > 1 else 0.0,
-                                "seconds": time.time() - t}
-        print(f"  seed {seed} fine-tuned {key:<18} top-1 per stage {[round(c, 3) for c in curve]} "
-              f"({time.time() - t:.0f}s)", flush=True)
-    out["seconds"], out["cpu_seconds"] = time.time() - started, cpu_seconds() - cpu
-    return out
-
-
 def run_demo_long_seed(seed: int, scale: Scale, work: str) -> dict:
     """Part B2: both stage-2 arms at scale.demo_long_steps from Part B's stage-1 backbone."""
     started, cpu = time.time(), cpu_seconds()
@@ -489,7 +278,7 @@ def run_demo_long_seed(seed: int, scale: Scale, work: str) -> dict:
     out = {"stage1": {"top1": float(stage1["top1"])}, "steps": scale.demo_long_steps}
     for arm, pooling in (("stage2_kernel", "kernel"), ("stage2_avg", "avg")):
         model_dir = os.path.join(work, f"demo_long_seed{seed}", arm)
-        report = _train(["configs/demo.yaml", "configs/demo_kernel_finetune.yaml"],
+        report = train_run(["configs/demo.yaml", "configs/demo_kernel_finetune.yaml"],
                         common + [f"train.steps={scale.demo_long_steps}", f"model.pooling={pooling}",
                                   f"model.weights={weights}", f"train.model_dir={model_dir}"])
         out[arm] = {k: float(report[k]) for k in ("top1", "balanced_accuracy", "head_accuracy", "tail_accuracy")
@@ -504,50 +293,18 @@ def run_demo_long_seed(seed: int, scale: Scale, work: str) -> dict:
 # Summary, claims, plot
 
 
-def _text(values) -> str:
-    sys.path.insert(0, HERE)
-    import plotting
-
-    return plotting.mean_std_text(values, digits=3)
-
-
-def _diff_text(stats: dict) -> str:
-    return (f"paired diff {stats['mean_diff']:+.3f} +- {stats['std_diff']:.3f} (n={stats['n']}, "
-            f"one-sided p={stats['p_greater']:.3f})")
-
-
 def summarize_pooling(per_seed: dict) -> dict:
     seeds = sorted(per_seed, key=int)
     summary = {}
     for variant in VARIANTS:
         top1 = [per_seed[s]["variants"][variant.key]["top1"] for s in seeds]
         change = [per_seed[s]["variants"][variant.key]["plateau_change"] for s in seeds]
-        summary[variant.key] = {"label": variant.label, "top1_per_seed": top1, "top1": _text(top1),
+        summary[variant.key] = {"label": variant.label, "top1_per_seed": top1, "top1": mean_std(top1),
                                 "top1_mean": float(np.mean(top1)),
                                 "top1_std": float(np.std(top1, ddof=1)) if len(top1) > 1 else 0.0,
                                 "plateau_change_mean": float(np.mean(change)),
                                 "dim": per_seed[seeds[0]]["variants"][variant.key]["dim"]}
     return summary
-
-
-# (claim, seed's figure, (variant a, label), (variant b, label), verdict rule) of part A.
-POOLING_CLAIMS = (
-    ("Kernel pooling (p=4, learned coefficients) beats global average pooling on fine-grained data",
-     "Table 3.2, ResNet-50 rows: KP 84.7/91.1/85.7/85.5 vs 78.4/84.7/79.2/82.1 (+3.4 to +6.5 points)",
-     ("kp4_learned", "KP4 learned"), ("avg", "avg"), verdict_greater),
-    ("Kernel pooling beats compact bilinear pooling of the same output dimension",
-     "Table 3.2: KP vs CBP +1.2 to +4.1 points (e.g. CUB VGG 86.2 vs 84.3, ResNet 84.7 vs 81.6)",
-     ("kp4_learned", "KP4 learned"), ("compact_bilinear", "CBP"), verdict_greater),
-    ("Compact bilinear pooling matches full bilinear pooling",
-     "Table 3.2, VGG-16 rows: CBP 84.3/91.2/84.1/82.4 vs BP 84.1/91.3/84.1/82.4 (within 0.2 points)",
-     ("compact_bilinear", "CBP"), ("bilinear", "BP"), verdict_similar),
-    ("Second-order (compact bilinear) pooling beats global average pooling",
-     "Table 3.2, ResNet-50 rows: CBP 81.6/88.6/81.6/83.2 vs 78.4/84.7/79.2/82.1 (+1.1 to +3.9 points)",
-     ("compact_bilinear", "CBP"), ("avg", "avg"), verdict_greater),
-    ("Learned kernel coefficients are at least as good as fixed (Gaussian RBF) ones",
-     "§3.2.3 (no figure: Table 3.2's KP uses learned coefficients; Table 3.3 is not in the seed text)",
-     ("kp4_learned", "KP4 learned"), ("kp4_fixed", "KP4 fixed"), verdict_at_least),
-)
 
 
 def pooling_claims(per_seed: dict) -> list:
@@ -565,7 +322,7 @@ def pooling_claims(per_seed: dict) -> list:
     claims = []
     for claim, seed_figure, (a, label_a), (b, label_b), rule in POOLING_CLAIMS:
         verdict, stats = rule(top1(a), top1(b))
-        ours = f"{label_a} {_text(top1(a))} vs {label_b} {_text(top1(b))}; {_diff_text(stats)}"
+        ours = f"{label_a} {mean_std(top1(a))} vs {label_b} {mean_std(top1(b))}; {diff_text(stats)}"
         outcome = {"partly": "not significant", "no": "the other way or no gain"}.get(verdict, "")
         why = "" if verdict == "yes" else (
             f"the paired difference is {stats['mean_diff']:+.3f} over {stats['n']} seeds ({outcome}); {frozen}"
@@ -585,8 +342,8 @@ def demo_claims(per_seed: dict, image_size: int, stage2_steps: int | None = None
     stage1 = [per_seed[s]["stage1"]["top1"] for s in seeds]
     verdict, stats = verdict_greater(kernel, avg)
     gain, from_training = np.mean(kernel) - np.mean(stage1), np.mean(avg) - np.mean(stage1)
-    ours = (f"stage 1 {_text(stage1)}; stage 2 kernel {_text(kernel)} vs identical recipe with avg "
-            f"pooling {_text(avg)}; {_diff_text(stats)} ({image_size} px). Of the stage-2 gain "
+    ours = (f"stage 1 {mean_std(stage1)}; stage 2 kernel {mean_std(kernel)} vs identical recipe with avg "
+            f"pooling {mean_std(avg)}; {diff_text(stats)} ({image_size} px). Of the stage-2 gain "
             f"{gain:+.3f}, {from_training:+.3f} also comes with average pooling (the extra fine-tuning) "
             f"and {gain - from_training:+.3f} is kernel pooling's")
     why = "" if verdict == "yes" else (
@@ -601,54 +358,11 @@ def demo_claims(per_seed: dict, image_size: int, stage2_steps: int | None = None
              "ours": ours, "reproduced": verdict, "why": why, "stats": stats}]
 
 
-def finetune_claims(per_seed: dict) -> list:
-    """Part A's five claims judged again on Part C's end-to-end fine-tuned runs (at the last stage)."""
-    seeds = sorted(per_seed, key=int)
-    steps = per_seed[seeds[0]]["stages"][-1]
-
-    def top1(key):
-        return [per_seed[s]["variants"][key]["top1"] for s in seeds]
-
-    claims = []
-    for claim, seed_figure, (a, label_a), (b, label_b), rule in POOLING_CLAIMS:
-        verdict, stats = rule(top1(a), top1(b))
-        ours = (f"fine-tuned end to end, {steps} steps: {label_a} {_text(top1(a))} vs {label_b} "
-                f"{_text(top1(b))}; {_diff_text(stats)}")
-        outcome = {"partly": "not significant", "no": "the other way or no gain"}.get(verdict, "")
-        why = "" if verdict == "yes" else (
-            f"after end-to-end fine-tuning the paired difference is {stats['mean_diff']:+.3f} over "
-            f"{stats['n']} seeds ({outcome}); a small CNN at 48 px (a 3 x 3 map, 256 channels) on 20 synthetic "
-            "classes, where the seed fine-tunes VGG-16/ResNet-50 at 448 px (a 28 x 28 map) on real images")
-        claims.append({"claim": f"(fine-tuned) {claim}", "seed_figure": seed_figure, "ours": ours,
-                       "reproduced": verdict, "why": why, "stats": stats})
-    return claims
-
-
 def plot(results: dict, path: str) -> None:
-    sys.path.insert(0, HERE)
-    import plotting
-
     with plotting.style():
-        fig, axes = plotting.figure(2, 3)
+        fig, axes = plotting.figure(2, 2)
         pooling, demo = results.get("pooling"), results.get("demo")
-        finetune, demo_long = results.get("finetune"), results.get("demo_long")
-        if finetune:
-            seeds = sorted(finetune["per_seed"], key=int)
-            stages = finetune["per_seed"][seeds[0]]["stages"]
-            labels = [next(v.label for v in VARIANTS if v.key == k) for k in FINETUNE_VARIANTS]
-            values = [[finetune["per_seed"][s]["variants"][k]["top1"] for s in seeds] for k in FINETUNE_VARIANTS]
-            plotting.bars(axes[4], labels, values)
-            axes[4].set_ylim(max(0.0, min(min(v) for v in values) - 0.1), 1.0)
-            axes[4].set_ylabel("test top-1")
-            axes[4].set_title(f"C: fine-tuned end to end, {stages[-1]} steps (n={len(seeds)})")
-            for i, (key, label) in enumerate(zip(FINETUNE_VARIANTS, labels)):
-                plotting.errorbar(axes[5], np.asarray(stages) + 4 * (i - 2),
-                                  [finetune["per_seed"][s]["variants"][key]["test_curve"] for s in seeds],
-                                  label=label, color=plotting.COLORS[i])
-            axes[5].set_xlabel("fine-tuning steps (one continued run per variant and seed)")
-            axes[5].set_ylabel("test top-1")
-            axes[5].set_title("C: plateau check")
-            axes[5].legend(loc="lower right")
+        demo_long = results.get("demo_long")
         if pooling:
             seeds = sorted(pooling["per_seed"], key=int)
             labels = [v.label for v in VARIANTS]
@@ -721,15 +435,13 @@ def main(argv):
     partial_path = os.path.join(work, "partial.json")
     partial = _load_partial(partial_path)
     started, cpu = time.time(), cpu_seconds()
-    runners = {"pooling": run_pooling_seed, "demo": run_demo_seed, "finetune": run_finetune_seed,
-               "demo_long": run_demo_long_seed}
+    runners = {"pooling": run_pooling_seed, "demo": run_demo_seed, "demo_long": run_demo_long_seed}
     for part in FLAGS.parts:
         if part not in runners:
             raise app.UsageError(f"--parts: unknown part {part!r}; choose from {sorted(runners)}")
         for seed in seeds:
-            done = partial.get(part, {}).get(str(seed))
-            if done and (part != "finetune" or done["stages"] == list(scale.finetune_stages)):
-                continue  # (a fine-tuning seed with fewer stages is continued: its stage reports are kept)
+            if partial.get(part, {}).get(str(seed)):
+                continue
             print(f"[{time.time() - started:6.0f}s] {part} seed {seed}", flush=True)
             partial.setdefault(part, {})[str(seed)] = runners[part](seed, scale, work)
             _save_partial(partial_path, partial)
@@ -738,7 +450,8 @@ def main(argv):
         "design": {"data": f"synthetic, {NUM_CLASSES} classes / {NUM_SUPERCLASSES} super-classes, "
                            f"{scale.image_size} px, {scale.train_per_class} train + {scale.test_per_class} "
                            f"test per class (part A); the demo's data at {scale.image_size} px (part B)",
-                   "backbone": "small_cnn pre-trained on the 4 shape families (configs/metric_pretrain.yaml), frozen in part A, fine-tuned end to end in part C",
+                   "backbone": "small_cnn pre-trained on the 4 shape families (configs/coarse_pretrain.yaml), frozen in part A "
+                               "(fine-tuned end to end: kernel_pooling_finetune.json)",
                    "head_training": f"Adam lr {LEARNING_RATE}, batch {BATCH_SIZE}, {scale.epochs} epochs, "
                                     f"kernel d_i = {scale.kernel_dims}",
                    "metric": "test top-1 after the last epoch / at the end of the demo's recipe",
@@ -756,12 +469,15 @@ def main(argv):
             "demo's 150 steps; their claims are separate rows, Parts A and B's rows are unchanged",
             "Part C's stages extended from 600 to 1200 steps (every variant and seed) after seed 0's first four "
             "variants showed BP/CBP/KP still gaining 0.08-0.17 over their last 200 steps; decided before any "
-            "claim of Part C was computed; data, recipe and metric unchanged"],
+            "claim of Part C was computed; data, recipe and metric unchanged",
+            "Part C moved out to its own study, studies/kernel_pooling_finetune.py (with the demo's cosine schedule "
+            "over 800 steps, two one-thread workers), so that each study fits the 30-minute budget; its constant-lr "
+            "results are kept in kernel_pooling_finetune.json's \"constant_lr\" block; Parts A, B and B2 unchanged"],
         "seed_table_3_2": SEED_TABLE_3_2, "demo_figures": DEMO_FIGURES, "claims": [],
         "wall_seconds_this_invocation": time.time() - started,
         "cpu_seconds_this_invocation": cpu_seconds() - cpu,
     }
-    for part in ("pooling", "demo", "finetune", "demo_long"):
+    for part in PARTS:
         per_seed = {s: v for s, v in partial.get(part, {}).items() if int(s) in seeds}
         if not per_seed:
             continue
@@ -778,29 +494,15 @@ def main(argv):
                         for name in ("gamma", "alpha_start", "alpha_end")}
                 for v in VARIANTS if v.pooling == "kernel"}
             results["claims"] += pooling_claims(per_seed)
-        elif part == "finetune":
-            stages = per_seed[next(iter(per_seed))]["stages"]
-            entry["summary"] = {key: {"top1": _text([per_seed[s]["variants"][key]["top1"] for s in per_seed]),
-                                      "mean_per_stage": dict(zip(map(str, stages), np.mean(
-                                          [per_seed[s]["variants"][key]["test_curve"] for s in per_seed],
-                                          axis=0).tolist())),
-                                      "last_stage_gain_mean": float(np.mean(
-                                          [per_seed[s]["variants"][key]["last_stage_gain"] for s in per_seed]))}
-                                for key in FINETUNE_VARIANTS}
-            entry["baseline"] = {"variant": "avg", "top1": entry["summary"]["avg"]["top1"],
-                                 "last_stage_gain": entry["summary"]["avg"]["last_stage_gain_mean"],
-                                 "chance": 1.0 / NUM_CLASSES}
-            results["claims"] += finetune_claims(per_seed)
         else:
-            entry["summary"] = {arm: {k: _text([per_seed[s][arm][k] for s in per_seed])
+            entry["summary"] = {arm: {k: mean_std([per_seed[s][arm][k] for s in per_seed])
                                       for k in per_seed[next(iter(per_seed))][arm]}
                                 for arm in ("stage1", "stage2_kernel", "stage2_avg")}
             results["claims"] += demo_claims(per_seed, scale.image_size,
                                              scale.demo_long_steps if part == "demo_long" else None)
         results[part] = entry
-    parts = ("pooling", "demo", "finetune", "demo_long")
-    results["wall_seconds_all_parts"] = float(sum(results[p]["wall_seconds"] for p in parts if p in results))
-    results["cpu_seconds_all_parts"] = float(sum(results[p]["cpu_seconds"] for p in parts if p in results))
+    results["wall_seconds_all_parts"] = float(sum(results[p]["wall_seconds"] for p in PARTS if p in results))
+    results["cpu_seconds_all_parts"] = float(sum(results[p]["cpu_seconds"] for p in PARTS if p in results))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1)

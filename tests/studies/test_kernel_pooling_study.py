@@ -1,6 +1,6 @@
-"""Helpers of studies/kernel_pooling_study.py: verdict rules, plateau statistic, the head trainer."""
+"""Helpers of studies/kernel_pooling_study.py and kernel_pooling_common.py: verdict rules, plateau
+statistic, the head trainer, the claims."""
 
-import dataclasses
 import os
 import sys
 
@@ -15,7 +15,12 @@ def kps():
     return load_study("kernel_pooling_study.py")
 
 
-def test_paired_stats_matches_a_hand_computed_t_test(kps):
+@pytest.fixture(scope="module")
+def kpc():
+    return load_study("kernel_pooling_common.py")
+
+
+def test_paired_stats_matches_a_hand_computed_t_test(kpc):
     a, b = [0.70, 0.74, 0.69], [0.60, 0.66, 0.64]
     diff = np.array(a) - np.array(b)  # 0.10, 0.08, 0.05
     mean = diff.sum() / 3
@@ -23,7 +28,7 @@ def test_paired_stats_matches_a_hand_computed_t_test(kps):
     t = mean / (std / np.sqrt(3))
     # one-sided p of Student's t with 2 degrees of freedom: 1/2 - t / (2 sqrt(t^2 + 2))
     p_greater = 0.5 - t / (2 * np.sqrt(t * t + 2))
-    stats = kps.paired_stats(a, b)
+    stats = kpc.paired_stats(a, b)
     assert stats["n"] == 3
     np.testing.assert_allclose(stats["mean_diff"], mean, rtol=1e-12)
     np.testing.assert_allclose(stats["std_diff"], std, rtol=1e-12)
@@ -31,24 +36,24 @@ def test_paired_stats_matches_a_hand_computed_t_test(kps):
     np.testing.assert_allclose(stats["p_two_sided"], 2 * p_greater, rtol=1e-9)
 
 
-def test_verdict_greater(kps):
-    assert kps.verdict_greater([0.70, 0.74, 0.69], [0.60, 0.66, 0.64])[0] == "yes"
-    assert kps.verdict_greater([0.70, 0.60, 0.69], [0.60, 0.66, 0.64])[0] == "partly"  # > 0, noisy
-    assert kps.verdict_greater([0.60, 0.66, 0.64], [0.70, 0.74, 0.69])[0] == "no"
-    assert kps.verdict_greater([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])[0] == "no"
+def test_verdict_greater(kpc):
+    assert kpc.verdict_greater([0.70, 0.74, 0.69], [0.60, 0.66, 0.64])[0] == "yes"
+    assert kpc.verdict_greater([0.70, 0.60, 0.69], [0.60, 0.66, 0.64])[0] == "partly"  # > 0, noisy
+    assert kpc.verdict_greater([0.60, 0.66, 0.64], [0.70, 0.74, 0.69])[0] == "no"
+    assert kpc.verdict_greater([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])[0] == "no"
 
 
-def test_verdict_similar(kps):
-    assert kps.verdict_similar([0.70, 0.72, 0.69], [0.71, 0.70, 0.70])[0] == "yes"
-    assert kps.verdict_similar([0.80, 0.64, 0.75], [0.70, 0.70, 0.70])[0] == "partly"  # 0.03, noisy
-    assert kps.verdict_similar([0.80, 0.82, 0.79], [0.70, 0.71, 0.70])[0] == "no"
+def test_verdict_similar(kpc):
+    assert kpc.verdict_similar([0.70, 0.72, 0.69], [0.71, 0.70, 0.70])[0] == "yes"
+    assert kpc.verdict_similar([0.80, 0.64, 0.75], [0.70, 0.70, 0.70])[0] == "partly"  # 0.03, noisy
+    assert kpc.verdict_similar([0.80, 0.82, 0.79], [0.70, 0.71, 0.70])[0] == "no"
 
 
-def test_verdict_at_least(kps):
-    assert kps.verdict_at_least([0.70, 0.74, 0.69], [0.60, 0.66, 0.64])[0] == "yes"
-    assert kps.verdict_at_least([0.60, 0.66, 0.64], [0.60, 0.66, 0.64])[0] == "partly"  # equal
-    assert kps.verdict_at_least([0.60, 0.70, 0.64], [0.70, 0.66, 0.69])[0] == "partly"  # < 0, noisy
-    assert kps.verdict_at_least([0.60, 0.66, 0.64], [0.70, 0.74, 0.69])[0] == "no"
+def test_verdict_at_least(kpc):
+    assert kpc.verdict_at_least([0.70, 0.74, 0.69], [0.60, 0.66, 0.64])[0] == "yes"
+    assert kpc.verdict_at_least([0.60, 0.66, 0.64], [0.60, 0.66, 0.64])[0] == "partly"  # equal
+    assert kpc.verdict_at_least([0.60, 0.70, 0.64], [0.70, 0.66, 0.69])[0] == "partly"  # < 0, noisy
+    assert kpc.verdict_at_least([0.60, 0.66, 0.64], [0.70, 0.74, 0.69])[0] == "no"
 
 
 def test_plateau_change(kps):
@@ -89,43 +94,18 @@ def test_claims_follow_the_contract(kps):
     assert len(validate_claims("toy", claims)) == 6
 
 
-def test_finetune_runs_differ_only_in_their_pooling(kps):
-    """Part C's configs: the demo's stage-2 recipe on Part A's balanced data, constant learning rate,
-    and one variant differs from another only in the pooling settings."""
+def test_the_backbones_are_pre_trained_on_the_4_shape_families(kpc, monkeypatch):
+    """The design's coarse pre-training (4 classes, one per shape family, 200 per class, 400 steps at
+    48 px, synthetic seed 100 + seed), whatever configs/metric_pretrain.yaml holds: it became the metric
+    study's 32-class pre-training after Part A ran, and the studies silently followed it."""
     from finegrain_tf.train.config import build_config
 
-    scale = kps.SCALES["full"]
-    configs = [os.path.join(kps.ROOT, c) for c in ("configs/demo.yaml", "configs/demo_kernel_finetune.yaml")]
-    built = {key: build_config(configs, kps.finetune_overrides(next(v for v in kps.VARIANTS if v.key == key),
-                                                                3, scale, "w.h5"))
-             for key in kps.FINETUNE_VARIANTS}
-    for cfg in built.values():
-        assert (cfg.data.synthetic.num_classes, cfg.data.synthetic.train_per_class) == (kps.NUM_CLASSES, 60)
-        assert cfg.data.imbalance_factor == 1.0 and cfg.data.synthetic.seed == 3 and cfg.train.seed == 3
-        assert cfg.optimizer.schedule == "constant" and cfg.optimizer.learning_rate == 0.01
-        assert cfg.model.logistic_init and cfg.loss.name == "softmax" and cfg.model.weights == "w.h5"
-    assert {k: c.model.pooling for k, c in built.items()} == {
-        "avg": "avg", "bilinear": "bilinear", "compact_bilinear": "compact_bilinear",
-        "kp4_fixed": "kernel", "kp4_learned": "kernel"}
-    assert built["kp4_fixed"].model.kernel_pooling.coefficients == "rbf"
-    assert built["kp4_learned"].model.kernel_pooling.coefficients == "learned"
-    assert built["compact_bilinear"].model.compact_dim == 1 + 256 + 3 * scale.kernel_dims
-
-    def without_pooling(cfg):
-        settings = dataclasses.asdict(cfg)
-        del settings["model"]["pooling"], settings["model"]["kernel_pooling"]
-        return repr(settings)
-
-    assert len({without_pooling(c) for c in built.values()}) == 1
-
-
-def test_finetune_claims_follow_the_contract(kps):
-    sys.path.insert(0, STUDIES)
-    from claims_table import validate_claims
-
-    rng = np.random.default_rng(2)
-    per_seed = {str(s): {"stages": [200, 400, 600, 800, 1000, 1200], "variants": {
-        k: {"top1": float(rng.uniform(0.6, 0.9))} for k in kps.FINETUNE_VARIANTS}} for s in range(3)}
-    claims = validate_claims("toy", kps.finetune_claims(per_seed))
-    assert [c["claim"] for c in claims] == [f"(fine-tuned) {c[0]}" for c in kps.POOLING_CLAIMS]
-    assert all("1200 steps" in c["ours"] for c in claims)
+    captured = {}
+    monkeypatch.setattr(kpc, "train_run", lambda configs, overrides: captured.update(
+        configs=configs, overrides=overrides) or {})
+    kpc.pretrain_backbone(2, kpc.SCALES["full"], "/tmp/work")
+    cfg = build_config([os.path.join(kpc.ROOT, c) for c in captured["configs"]], captured["overrides"])
+    synthetic = cfg.data.synthetic
+    assert (synthetic.num_classes, synthetic.num_superclasses, synthetic.train_per_class) == (4, 4, 200)
+    assert (synthetic.seed, synthetic.image_size, cfg.data.image_size, cfg.train.steps) == (102, 48, 48, 400)
+    assert cfg.train.model_dir == "/tmp/work/pretrain_seed2"
