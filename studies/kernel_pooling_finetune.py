@@ -79,7 +79,7 @@ PLATEAU_TOLERANCE = 0.02
 SMOKE_STEPS = 4
 CONFIGS = ["configs/demo.yaml", "configs/demo_kernel_finetune.yaml"]
 COSINE_CHANGE = (
-    "Fourth design (Part C of kernel_pooling_study until then): the demo's cosine schedule over 800 steps "
+    "Third design (Part C of kernel_pooling_study until then): the demo's cosine schedule over 800 steps "
     "instead of a constant lr continued in stages to 1200, one run per variant and seed shared by two one-thread "
     "workers, and a study of its own, so that it and kernel_pooling_study each fit the 30-minute budget (Part C "
     "alone took about 46 minutes); decided without a pilot of the new schedule; data, backbones, variants, "
@@ -111,8 +111,8 @@ def worker(jobs: str, steps: int, work: str, scale_name: str) -> None:
         weights = RunDir(os.path.join(work, f"pretrain_seed{seed}")).backbone_weights_path
         model_dir = os.path.join(work, f"seed{seed}", f"{key}_{steps}")
         shutil.rmtree(model_dir, ignore_errors=True)  # from scratch: the loop would resume a run it finds
-        cfg = config.build_config([os.path.join(kpc.ROOT, c) for c in CONFIGS],
-                                  run_overrides(key, int(seed), scale, weights, steps) + [f"train.model_dir={model_dir}"])
+        overrides = run_overrides(key, int(seed), scale, weights, steps) + [f"train.model_dir={model_dir}"]
+        cfg = config.build_config([os.path.join(kpc.ROOT, c) for c in CONFIGS], overrides)
         report = loop.train(cfg).report
         out.append({"variant": key, "seed": int(seed), "steps": report["train_steps"], "top1": float(report["top1"]),
                     "seconds": round(time.time() - t0, 1)})
@@ -165,8 +165,9 @@ def claims(top1: dict, steps: int, reference: dict | None = None, plateau: dict 
         moving = [f"{label} {change:+.3f}" for key, label in ((a, label_a), (b, label_b))
                   if plateau and key in plateau["top1"]
                   and abs(change := float(np.mean(plateau["top1"][key]) - np.mean(top1[key]))) > PLATEAU_TOLERANCE]
-        if why and moving:
-            why += (f"; not at a plateau after {steps} steps: twice the steps move " + " and ".join(moving))
+        if moving:  # a caveat on any verdict, "yes" included
+            why += ("; " if why else "") + (f"not at a plateau after {steps} steps: twice the steps move "
+                                            + " and ".join(moving))
         out.append({"claim": f"(fine-tuned) {claim}", "seed_figure": seed_figure, "ours": ours,
                     "reproduced": verdict, "why": why, "stats": stats})
     return out
@@ -184,7 +185,8 @@ def baseline(top1: dict, steps: int, plateau: dict | None, reference: dict | Non
         flat = sum(abs(change) <= PLATEAU_TOLERANCE for change in changes.values())
         text += f" ({flat}/{len(changes)} within the declared {PLATEAU_TOLERANCE})"
     if reference:
-        text += f"; constant lr (earlier design) at {reference['steps']} steps: {kpc.mean_std(reference['top1']['avg'])}"
+        text += (f"; constant lr (earlier design) at {reference['steps']} steps: "
+                 f"{kpc.mean_std(reference['top1']['avg'])}")
     return text
 
 

@@ -46,7 +46,7 @@ Part B -- the demo's claim with a fair control
   train.seed). Metric: the loop's test top-1 (400 balanced test images) plus balanced / head / tail;
   the training-loss curve (logged every 20 steps) shows how far each stage-2 run got.
 
-Part C -- the poolings fine-tuned end to end: since its fourth design its own study,
+Part C -- the poolings fine-tuned end to end: since its third design a study of its own,
   studies/kernel_pooling_finetune.py (same data, backbones and claims; its docstring holds the
   design and the earlier constant-lr design whose results it keeps).
 
@@ -269,7 +269,7 @@ def run_demo_seed(seed: int, scale: Scale, work: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Part C: the poolings fine-tuned end to end; Part B2: the demo's control at 3x the stage-2 steps
+# Part B2: the demo's control at 3x the stage-2 steps
 
 def run_demo_long_seed(seed: int, scale: Scale, work: str) -> dict:
     """Part B2: both stage-2 arms at scale.demo_long_steps from Part B's stage-1 backbone."""
@@ -450,8 +450,8 @@ def main(argv):
         "design": {"data": f"synthetic, {NUM_CLASSES} classes / {NUM_SUPERCLASSES} super-classes, "
                            f"{scale.image_size} px, {scale.train_per_class} train + {scale.test_per_class} "
                            f"test per class (part A); the demo's data at {scale.image_size} px (part B)",
-                   "backbone": "small_cnn pre-trained on the 4 shape families (configs/coarse_pretrain.yaml), frozen in part A "
-                               "(fine-tuned end to end: kernel_pooling_finetune.json)",
+                   "backbone": "small_cnn pre-trained on the 4 shape families (configs/coarse_pretrain.yaml), "
+                               "frozen in part A (fine-tuned end to end: kernel_pooling_finetune.json)",
                    "head_training": f"Adam lr {LEARNING_RATE}, batch {BATCH_SIZE}, {scale.epochs} epochs, "
                                     f"kernel d_i = {scale.kernel_dims}",
                    "metric": "test top-1 after the last epoch / at the end of the demo's recipe",

@@ -222,7 +222,8 @@ def claims(per_seed: dict, reference: dict | None = None) -> list[dict]:
         wins, mean_gap = order_claim(per_seed, lower, higher)
         verdict = verdict_of(wins, n)
         extra = WHY_EXTRA.get(higher, "") if mean_gap <= 0 else ""
-        ours = f"{LABELS[higher]} {txt[higher]} vs {LABELS[lower]} {txt[lower]}{at}; " + gap_text(per_seed, lower, higher)
+        ours = (f"{LABELS[higher]} {txt[higher]} vs {LABELS[lower]} {txt[lower]}{at}; "
+                + gap_text(per_seed, lower, higher))
         if reference:
             ours += also + gap_text(reference["per_seed"], lower, higher)
         out.append({"claim": claim, "seed_figure": seed_figure, "ours": ours, "reproduced": verdict,
@@ -284,7 +285,8 @@ def plot(summary: dict, path: str) -> None:
             axes[1].legend(loc="lower right", ncol=2)
         ax = axes[0]
         plotting.bars(ax, [LABELS[m] for m in METHODS], [100 * np.asarray(per_seed[m]) for m in METHODS],
-                      label=f"ours, {MAIN_STEPS} steps cosine, synthetic 16 classes (n={len(per_seed['softmax'])} seeds)")
+                      label=f"ours, {MAIN_STEPS} steps cosine, synthetic 16 classes "
+                            f"(n={len(per_seed['softmax'])} seeds)")
         xs = [i for i, m in enumerate(METHODS) if m in SEED_TABLE_2_1]
         plotting.seed_marker(ax, xs, [SEED_TABLE_2_1[METHODS[i]] for i in xs], label="seed Table 2.1")
         xs3 = [i for i, m in enumerate(METHODS) if m in SEED_TABLE_2_3 and m not in SEED_TABLE_2_1]
@@ -327,7 +329,8 @@ COSINE_CHANGE = (
     f"trains {MAIN_STEPS} steps with a cosine learning-rate decay from scratch (same configs, lr, pre-training, "
     "data, metric, seeds and claims), by two one-thread worker processes, because the constant-lr chains "
     "needed 1800 steps (about 45-50 min) and the studies' budget is 30 min; a seed-0 pilot of four methods "
-    "(one two-thread process; Softmax 89.1, Triplet-HN 80.0, Triplet-M 84.4, Triplet-A 74.1 % at 900 cosine steps, against 78.8 / "
+    "(one two-thread process; Softmax 89.1, Triplet-HN 80.0, Triplet-M 84.4, Triplet-A 74.1 % at 900 cosine "
+    "steps, against 78.8 / "
     "84.1 / 85.3 / 76.3 % at 1800 constant-lr steps) was run before the change. The constant-lr results "
     "are kept in \"constant_lr\" and quoted in every claim's text, never in its verdict")
 

@@ -91,3 +91,7 @@ def test_a_claim_names_the_variants_that_twice_the_steps_still_move(kpf):
     assert "plateau check, 1600 steps (cosine): paired diff +0.100" in cbp_vs_bp["ours"]
     assert cbp_vs_bp["why"].endswith("not at a plateau after 800 steps: twice the steps move CBP +0.050")
     assert "not at a plateau" not in kpf.claims(top1, 800)[2]["why"]
+    longer["kp4_learned"] = [v + 0.05 for v in longer["kp4_learned"]]
+    kp_vs_avg = kpf.claims(top1, 800, None, plateau)[0]  # a "yes" carries the caveat too
+    assert kp_vs_avg["reproduced"] == "yes"
+    assert kp_vs_avg["why"] == "not at a plateau after 800 steps: twice the steps move KP4 learned +0.050"
