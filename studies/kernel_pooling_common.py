@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
+import sys
 
 import numpy as np
 
-import plotting
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # the studies' shared plotting module, however this one was imported
+import plotting  # noqa: E402
 
 # Seed 000 Table 3.2 (top-1 %, 448 px): (original network, BP, CBP, KP with learned coefficients).
 SEED_TABLE_3_2 = {
