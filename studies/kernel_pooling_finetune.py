@@ -247,6 +247,14 @@ def load_json(path: str) -> dict:
         return json.load(f)
 
 
+def stored_results(path: str) -> dict:
+    """The stored JSON of a finished run (--replot, --plateau); a usage error without one."""
+    summary = load_json(path)
+    if not summary.get("top1"):
+        raise app.UsageError(f"no results in {path}: run the study first")
+    return summary
+
+
 def main(argv):
     del argv
     from absl import logging
@@ -256,13 +264,11 @@ def main(argv):
         return worker(FLAGS.worker_jobs, FLAGS.worker_steps, work, FLAGS.scale)
     json_path = os.path.join(FLAGS.output_dir, f"{NAME}.json")
     if FLAGS.replot:
-        return finish(load_json(json_path), FLAGS.output_dir)
+        return finish(stored_results(json_path), FLAGS.output_dir)
     seeds = [int(s) for s in FLAGS.seeds]
     started, cpu = time.time(), kpc.cpu_seconds()
     if FLAGS.plateau:
-        summary = load_json(json_path)
-        if not summary.get("top1"):
-            raise app.UsageError(f"no results in {json_path}: run the study first")
+        summary = stored_results(json_path)
         steps = steps_of(FLAGS.scale, plateau=True)
         runs, worker_cpu = run_jobs([f"{k}:{s}" for s in summary["seeds"] for k in kpc.FINETUNE_VARIANTS],
                                     steps, work)
@@ -281,7 +287,7 @@ def main(argv):
         print(f"  seed {seed} pre-trained backbone (4 shape families) top-1 {report['top1']:.3f}", flush=True)
     steps = steps_of(FLAGS.scale)
     runs, _ = run_jobs([f"{k}:{s}" for s in seeds for k in kpc.FINETUNE_VARIANTS], steps, work)
-    earlier = load_json(json_path) or {}
+    earlier = load_json(json_path)
     constant_lr = earlier.get("constant_lr")
     if constant_lr is None and FLAGS.scale == "full":  # Part C of kernel_pooling_study's earlier design
         constant_lr = load_json(os.path.join(FLAGS.output_dir, "kernel_pooling_study.json")).get("finetune")

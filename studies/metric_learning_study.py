@@ -324,6 +324,14 @@ def load_summary(output_dir: str) -> dict:
         return json.load(f)
 
 
+def stored_summary(output_dir: str) -> dict:
+    """The stored JSON of a finished main run (--claims_only, --plateau); a usage error without one."""
+    summary = load_summary(output_dir)
+    if not summary.get("results"):
+        raise app.UsageError(f"no main results in {output_dir}/metric_learning.json: run the main study first")
+    return summary
+
+
 COSINE_CHANGE = (
     "Main run redesigned after the constant-lr plateau check (this study's fourth design): every method "
     f"trains {MAIN_STEPS} steps with a cosine learning-rate decay from scratch (same configs, lr, pre-training, "
@@ -368,9 +376,7 @@ def plateau(output_dir: str, run_dir: str, smoke: bool) -> None:
     """--plateau: the baseline (Softmax) with the main recipe over PLATEAU_STEPS, fresh runs per seed;
     stored as the JSON's "plateau" block, then the baseline text and the PNG are redone."""
     start = time.time()
-    summary = load_summary(output_dir)
-    if not summary.get("results"):
-        raise app.UsageError(f"no main results in {output_dir}/metric_learning.json: run the main study first")
+    summary = stored_summary(output_dir)
     weights = os.path.join(FLAGS.pretrained_dir or summary["pretrain"]["run"], "backbone.weights.h5")
     seeds = summary["seeds"]
     steps = 8 if smoke else PLATEAU_STEPS
@@ -385,8 +391,7 @@ def plateau(output_dir: str, run_dir: str, smoke: bool) -> None:
 def main(argv):
     del argv
     if FLAGS.claims_only:
-        summary = load_summary(FLAGS.output_dir)
-        return finish(summary, FLAGS.output_dir)
+        return finish(stored_summary(FLAGS.output_dir), FLAGS.output_dir)
     if FLAGS.worker_jobs:
         return worker(FLAGS.worker_jobs, FLAGS.worker_steps, FLAGS.run_dir,
                       os.path.join(FLAGS.pretrained_dir, "backbone.weights.h5"), FLAGS.smoke)
