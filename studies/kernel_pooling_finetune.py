@@ -271,12 +271,15 @@ def claims(top1: dict, steps: int, plateau: dict | None = None, earlier: list = 
 
 
 def baseline(top1: dict, steps: int, plateau: dict | None, earlier: list = (),
-             learning_rates: dict | None = None) -> str:
+             learning_rates: dict | None = None, grid: tuple = LR_GRID) -> str:
     rate = f", lr {learning_rates['avg']:g}" if learning_rates else ""
     text = (f"average pooling fine-tuned {steps} steps (cosine{rate}): test top-1 {kpc.mean_std(top1['avg'])}; "
             f"chance {1 / kpc.NUM_CLASSES:.2f}")
     if learning_rates:
         text += f"; learning rates (lr grid): {variant_lr_text(learning_rates)}"
+        at_edge = [v.label for v in kpc.VARIANTS if learning_rates.get(v.key) == max(grid)]
+        if at_edge:  # the grid may have cut these variants' best lr short
+            text += f" ({' / '.join(at_edge)} at the grid's largest value; a larger one was not tried)"
     if plateau:
         longer = plateau["top1"]["avg"]
         text += (f"; plateau check: the same recipe over {plateau['steps']} steps gives {kpc.mean_std(longer)}"
@@ -308,7 +311,8 @@ def plot(summary: dict, path: str) -> None:
         if plateau:
             ax.plot(range(len(labels)), [np.mean(plateau["top1"][k]) for k in keys], linestyle="none",
                     marker="*", markersize=9, color=plotting.SEED_COLOR, label=f"{plateau['steps']} steps")
-        ax.set_ylim(max(0.0, min(min(v) for v in top1.values()) - 0.2), 1.12)  # room for the legend
+        shown = [np.mean(v) for v in top1.values()] + ([np.mean(v) for v in third["top1"].values()] if third else [])
+        ax.set_ylim(max(0.0, min(shown) - 0.1), 1.12)  # room for the legend
         ax.set_ylabel("test top-1")
         ax.set_title("Fine-tuned end to end (the demo's stage-2 recipe)")
         ax.legend(loc="upper right", fontsize="small")
@@ -360,7 +364,8 @@ def finish(summary: dict, output_dir: str) -> None:
     """Claims, baseline and PNG from the summary's stored results; writes the JSON."""
     earlier, rates = earlier_designs(summary), summary.get("learning_rates")
     summary["claims"] = claims(summary["top1"], summary["steps"], summary.get("plateau"), earlier, rates)
-    summary["baseline"] = baseline(summary["top1"], summary["steps"], summary.get("plateau"), earlier, rates)
+    grid = tuple(summary["lr_grid"]["grid"]) if summary.get("lr_grid") else LR_GRID
+    summary["baseline"] = baseline(summary["top1"], summary["steps"], summary.get("plateau"), earlier, rates, grid)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, f"{NAME}.json"), "w") as f:
         json.dump(summary, f, indent=1)
