@@ -127,10 +127,10 @@ def test_the_third_design_is_kept_once_and_quoted_in_every_claim(kpf):
     assert "800 steps (cosine, lr KP4 learned 0.1 / avg 0.1)" in kp_vs_avg["ours"]
     assert kp_vs_avg["ours"].endswith("lr 0.01 for every variant (third design), 800 steps: -0.200; "
                                       "its 1600-step check: -0.200")
-    text = kpf.baseline(top1, 800, None, earlier, rates)
+    text = kpf.baseline(top1, 800, None, earlier, rates, grid=(0.01, 0.03, 0.1))
     assert "learning rates (lr grid): avg 0.1 / BP 0.1" in text
     assert "KP p=4 learned 0.1 (avg / BP / CBP / KP p=4 fixed / KP p=4 learned at the grid's largest value" in text
-    assert "grid's largest" not in kpf.baseline(top1, 800, None, earlier, {k: 0.03 for k in rates})
+    assert "grid's largest" not in kpf.baseline(top1, 800, None, earlier, rates, grid=(0.01, 0.03, 0.1, 0.3))
     assert text.endswith("its 1600-step check: avg 1.000 +- 0.000 (n=3)")
 
 
