@@ -43,7 +43,7 @@ Design (fixed before this run; any later change goes to the JSON's "design_chang
   Claims: kernel_pooling_study's five (Table 3.2), judged on these runs with its verdict rules (paired
     over seeds: one-sided t-test for "A > B", |difference| <= 0.02 for "A ~= B").
 
-    python studies/kernel_pooling_finetune.py --lr_grid  # the lr per variant (seed 0; ~28 min)
+    python studies/kernel_pooling_finetune.py --lr_grid  # the lr per variant (seed 0; ~29 min)
     python studies/kernel_pooling_finetune.py            # <= 30 min idle, 2 cores
     python studies/kernel_pooling_finetune.py --plateau  # every variant over 1600 steps (~40 min)
     python studies/kernel_pooling_finetune.py --scale smoke --output_dir /tmp/kpf   # seconds
