@@ -12,23 +12,25 @@ Design (fixed before this run; any later change goes to the JSON's "design_chang
     super-classes, 48 px, 60 train / 30 test images per class, rendering seed = the study seed; the
     product's small_cnn pre-trained per seed on the 4 shape families of an independent rendering
     (`kernel_pooling_common.pretrain_backbone`: configs/coarse_pretrain.yaml, 400 steps).
-  Recipe: the demo's stage 2 (configs/demo.yaml + configs/demo_kernel_finetune.yaml) as it is,
-    cosine learning-rate decay included: the classifier initialised by logistic regression on the
+  Recipe: the demo's stage 2 (configs/demo.yaml + configs/demo_kernel_finetune.yaml) but for its
+    learning rate, cosine decay included: the classifier initialised by logistic regression on the
     pooled features of the pre-trained backbone, then backbone + pooling + classifier trained end to
     end by SGD (momentum 0.9, weight decay 5e-4) from a per-variant lr (below) to 0 over
     FINETUNE_STEPS = 800 steps, gradients clipped to [-1, 1], softmax loss (the set is balanced), the
-    loop's default augmentation, batch 64. Overrides (`kernel_pooling_common.finetune_overrides`, then the steps): the
-    data above, `model.pooling`, and for kernel pooling order 4, d_i = 512, coefficients learned or
-    fixed (rbf), gamma estimated; CBP with d = 1 + 256 + 3 * 512 = 1793 (KP p = 4's output size).
+    loop's default augmentation, batch 64. Overrides (`kernel_pooling_common.finetune_overrides`,
+    then the steps and the lr): the data above, `model.pooling`, and for kernel pooling order 4,
+    d_i = 512, coefficients learned or fixed (rbf), gamma estimated; CBP with d = 1 + 256 + 3 * 512 =
+    1793 (KP p = 4's output size).
   Variants: avg, BP, CBP, KP p=4 fixed, KP p=4 learned.
   Learning rate per variant (fourth design): the demo's lr 0.01 left BP, CBP and KP short of their
     plateau at 800 steps (their training loss was still 0.8-1.1; the L2-normalised second-order
     features need large classifier weights), so each variant gets its lr from LR_GRID = 0.01, 0.03,
-    0.1 (0.3 added afterwards, see the JSON's "design_changes") by `--lr_grid`: seed 0 only, the same 800-step recipe, scored on a validation split of
-    GRID_VAL_PER_CLASS = 20 images per class rendered apart from train and test (the test set is never
-    used to choose); per variant the lr with the highest validation top-1, ties (within 1/400) broken
-    by the lower mean training loss of the last 100 steps; a diverged run scores nothing. The choice is
-    stored in the JSON's "lr_grid" block and the study reads it from there.
+    0.1 (0.3 added afterwards, see the JSON's "design_changes") by `--lr_grid`: seed 0 only, the
+    same 800-step recipe, scored on a validation split of GRID_VAL_PER_CLASS = 20 images per class
+    rendered apart from train and test (the test set is never used to choose); per variant the lr
+    with the highest validation top-1, ties (within 1/400) broken by the lower mean training loss of
+    the last 100 steps; a diverged run scores nothing. The choice is stored in the JSON's "lr_grid"
+    block and the study reads it from there.
   Runs: 5 variants x seeds 0, 1, 2, each from scratch (the pre-trained backbone) in its own folder,
     shared by two worker processes with one TF thread each. Metric: the run's test top-1 (600
     balanced test images, chance 0.05).
@@ -83,6 +85,10 @@ flags.DEFINE_bool("replot", False, "only redo the claims and the PNG from the st
 flags.DEFINE_string("worker_jobs", "", "internal: the 'variant:seed:lr,...' runs of one worker process")
 flags.DEFINE_integer("worker_steps", 0, "internal: the steps of a worker's runs")
 flags.DEFINE_bool("worker_validate", False, "internal: the worker's runs are lr-grid runs (validation split)")
+flags.register_validator("seeds", lambda seeds: all(s.isdigit() for s in seeds),
+                         "--seeds takes non-negative integers, e.g. --seeds=0,1,2")
+flags.register_multi_flags_validator(["lr_grid", "plateau", "replot"], lambda modes: sum(modes.values()) <= 1,
+                                     "--lr_grid, --plateau and --replot are separate invocations: give one")
 
 NAME = "kernel_pooling_finetune"
 FINETUNE_STEPS = 800
@@ -109,10 +115,10 @@ LR_GRID_CHANGE = (
     "are kept in \"lr_0.01\" and quoted in every claim's text, never in its verdict")
 GRID_EXTENSION_CHANGE = (
     "After the fourth design's runs: LR_GRID extended by 0.3, because BP, CBP and both KP variants had chosen its "
-    "largest value (0.1); written into the draft of the closing note (not yet published) before the extra runs (seed 0, 800 steps, the same "
-    "validation split and rule, avg not rerun as it chose 0.03); at 0.3 every one of the four scored below its "
-    "0.1 run, so the choice, the study's runs and every verdict are unchanged; the extra runs are in "
-    "lr_grid.extension and lr_grid.runs")
+    "largest value (0.1); written into the draft of the closing note (not yet published) before the extra runs "
+    "(seed 0, 800 steps, the same validation split and rule, avg not rerun as it chose 0.03); at 0.3 every one of "
+    "the four scored below its 0.1 run, so the choice, the study's runs and every verdict are unchanged; the extra "
+    "runs are in lr_grid.extension and lr_grid.runs")
 
 
 def steps_of(scale: str, plateau: bool = False) -> int:

@@ -338,8 +338,8 @@ COSINE_CHANGE = (
     "data, metric, seeds and claims), by two one-thread worker processes, because the constant-lr chains "
     "needed 1800 steps (about 45-50 min) and the studies' budget is 30 min; a seed-0 pilot of four methods "
     "(one two-thread process; Softmax 89.1, Triplet-HN 80.0, Triplet-M 84.4, Triplet-A 74.1 % at 900 cosine "
-    "steps, against 78.8 / "
-    "84.1 / 85.3 / 76.3 % at 1800 constant-lr steps) was run before the change. The constant-lr results "
+    "steps, against 78.8 / 84.1 / 85.3 / 76.3 % at 1800 constant-lr steps) was run before the change. The "
+    "constant-lr results "
     "are kept in \"constant_lr\" and quoted in every claim's text, never in its verdict")
 
 

@@ -3,7 +3,7 @@
 The study scripts define their absl command-line flags at import (the usual absl layout), with names
 that the library's binaries and the other scripts also use (--output_dir, --batch_size, --seeds); absl
 refuses a second definition in one process. While a script is imported here, its `flags.DEFINE_*`
-calls go to a private `FlagValues`, so nothing reaches absl's global registry: the tests use the
+calls (and its flag validators) go to a private `FlagValues`, so nothing reaches absl's global registry: the tests use the
 scripts' functions, never their command lines.
 """
 
@@ -24,7 +24,8 @@ def load_study(filename: str):
     if name in sys.modules:
         return sys.modules[name]
     private = flags.FlagValues()
-    definers = [d for d in dir(flags) if d.startswith("DEFINE")]
+    definers = [d for d in dir(flags) if d.startswith("DEFINE")] + [
+        "register_validator", "register_multi_flags_validator"]
     with mock.patch.multiple(flags, **{d: functools.partial(getattr(flags, d), flag_values=private)
                                        for d in definers}):
         spec = importlib.util.spec_from_file_location(name, os.path.join(STUDIES, filename))

@@ -159,3 +159,17 @@ def test_a_claim_names_the_variants_that_twice_the_steps_still_move(kpf):
     kp_vs_avg = kpf.claims(top1, 800, plateau)[0]  # a "yes" carries the caveat too
     assert kp_vs_avg["reproduced"] == "yes"
     assert kp_vs_avg["why"] == "not at a plateau after 800 steps: twice the steps move KP4 learned +0.050"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds=0,a"], "--seeds takes non-negative integers"),
+    (["--lr_grid", "--plateau"], "--lr_grid, --plateau and --replot are separate invocations"),
+])
+def test_a_bad_command_line_is_one_usage_error(args, message, tmp_path):
+    import subprocess
+
+    done = subprocess.run([sys.executable, os.path.join(STUDIES, "kernel_pooling_finetune.py"), *args,
+                           f"--output_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing was run or written
