@@ -311,7 +311,7 @@ def plot(summary: dict, path: str) -> None:
     top1, steps, keys = summary["top1"], summary["steps"], kpc.FINETUNE_VARIANTS
     labels = [next(v.label for v in kpc.VARIANTS if v.key == k) for k in keys]
     third, plateau, grid = summary.get("lr_0.01"), summary.get("plateau"), summary.get("lr_grid")
-    block, reference = summary.get("constant_lr"), constant_lr_reference(summary)
+    block = summary.get("constant_lr")
     with plotting.style():
         fig, axes = plotting.figure(ncols=3 if grid else 2, panel_size=(5.6, 3.8))
         ax = axes[0]
@@ -349,7 +349,7 @@ def plot(summary: dict, path: str) -> None:
                     plotting.errorbar(ax, x, per_seed, color=color, label=label)
         ax.set_xlabel("fine-tuning steps (cosine to 0 at the last step)")
         ax.set_ylabel("test top-1")
-        ax.set_title("solid: chosen lr; dashed: lr 0.01; dotted: constant lr" if reference
+        ax.set_title("solid: chosen lr; dashed: lr 0.01; dotted: constant lr" if block
                      else "solid: chosen lr; dashed: lr 0.01")
         ax.legend(loc="lower right")
         if grid:
@@ -378,10 +378,14 @@ def finish(summary: dict, output_dir: str) -> None:
     summary["claims"] = claims(summary["top1"], summary["steps"], summary.get("plateau"), earlier, rates)
     grid = tuple(summary["lr_grid"]["grid"]) if summary.get("lr_grid") else LR_GRID
     summary["baseline"] = baseline(summary["top1"], summary["steps"], summary.get("plateau"), earlier, rates, grid)
+    save_json(summary, output_dir)
+    plot(summary, os.path.join(output_dir, f"{NAME}.png"))
+
+
+def save_json(summary: dict, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, f"{NAME}.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    plot(summary, os.path.join(output_dir, f"{NAME}.png"))
 
 
 def load_json(path: str) -> dict:
@@ -415,10 +419,8 @@ def lr_grid(json_path: str, seed: int, work: str) -> None:
                           "wall_seconds": round(time.time() - started, 1), "cpu_seconds": round(worker_cpu, 1)}
     if summary.get("top1"):
         finish(summary, FLAGS.output_dir)
-    else:
-        os.makedirs(FLAGS.output_dir, exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(summary, f, indent=1)
+    else:  # no study results yet: only the grid's block
+        save_json(summary, FLAGS.output_dir)
     for row in summary["lr_grid"]["runs"]:
         print(f"  {row['variant']:<18} lr {row['lr']:<5g} val {row.get('val_top1')} train loss "
               f"{row.get('train_loss')} test {row.get('top1')}")
